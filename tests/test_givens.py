@@ -79,7 +79,7 @@ def _draw_support_trace(rows, cols, density, seed):
 
 @pytest.mark.parametrize("rows,cols,density", [(10, 10, 0.37), (6, 15, 0.41), (15, 6, 0.2),
                                                (1, 30, 0.5), (9, 9, 0.123456)])
-def test_density_is_the_closer_of_the_two_candidate_steps(rows, cols, density):
+def test_density_is_the_closer_of_the_two_candidate_steps(scan, rows, cols, density):
     need = density * rows * cols
     for seed in range(8):
         trace = _draw_support_trace(rows, cols, density, seed)
@@ -90,12 +90,19 @@ def test_density_is_the_closer_of_the_two_candidate_steps(rows, cols, density):
         assert int(mask.sum()) == expected
 
 
+@pytest.fixture(params=["sequential", "bitset"])
+def scan(request, monkeypatch):
+    """Run a test with each support scan: Python-int sequential (small) and bitset passes."""
+    monkeypatch.setattr(givens, "_SEQUENTIAL_UP_TO", 10**9 if request.param == "sequential" else 0)
+    return request.param
+
+
 @pytest.mark.parametrize("batch", [None, 3])
 @pytest.mark.parametrize("rows,cols,density", [(8, 8, 0.5), (5, 9, 0.3), (9, 5, 0.3),
                                                (1, 7, 0.5), (7, 1, 0.5), (16, 16, 1.0),
                                                (32, 20, 0.05), (64, 64, 0.1), (70, 130, 0.2),
                                                (130, 70, 0.2), (3, 3, 0.01)])
-def test_fast_path_equals_one_rotation_at_a_time_oracle(rows, cols, density, batch):
+def test_fast_path_equals_one_rotation_at_a_time_oracle(scan, rows, cols, density, batch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (3, 3, 0.01) is below the floor on purpose
         for seed in range(6):
@@ -233,6 +240,7 @@ def test_cpu_and_cuda_agree(rows, cols, density):
 def test_device_passes_equal_cpu_passes(monkeypatch, rows, cols, density, batch):
     # CUDA runs the torch passes (and the SWAR popcount); check them here on the CPU.
     ref = sparse_orthogonal(rows, cols, density, generator=gen(6), batch=batch)
+    monkeypatch.setattr(givens, "_SEQUENTIAL_UP_TO", 0)  # the bitset support pass too
     monkeypatch.setattr(givens, "_FORCE_TORCH_PASSES", True)
     monkeypatch.setattr(givens, "_popcount_rows", givens._popcount_rows_swar)
     out = sparse_orthogonal(rows, cols, density, generator=gen(6), batch=batch)

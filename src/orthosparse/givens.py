@@ -433,23 +433,9 @@ def _build(rows, cols, density, gain, dtype, generator, device, batch):
     r, c = min(rows, cols), max(rows, cols)
     need = density * r * c
     draws = _Draws(n_mat, c, density, generator)
-    kept, chunks = _stop_points(n_mat, r, c, need, draws, device)
-
-    # The kept rotations of every matrix minus no-ops (two empty columns), with their layers.
-    offset = np.arange(n_mat)[:, None] * c
-    parts = []
-    start = 0
-    for k, (noop, level) in enumerate(chunks):
-        i, j, theta = draws.chunk(k)
-        n = i.shape[1]
-        take = ((start + np.arange(n))[None, :] < kept[:, None]) & ~noop
-        parts.append(((i + offset)[take], (j + offset)[take], theta[take], level[take]))
-        start += n
-    if parts:
-        gi, gj, theta, level = (np.concatenate(x) for x in zip(*parts, strict=True))
-    else:
-        gi = gj = level = np.zeros(0, dtype=np.int64)
-        theta = np.zeros(0)
+    if n_mat * c <= _SEQUENTIAL_UP_TO:
+        return _build_small(rows, cols, need, gain, dtype, draws, device, n_mat)
+    gi, gj, theta, level = _kept_rotations(n_mat, r, c, need, draws, device)
     order, bounds = _layer_order(level)
 
     compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -470,6 +456,126 @@ def _build(rows, cols, density, gain, dtype, generator, device, batch):
     if rows <= cols:  # W = A: the transpose of the working layout
         return values.transpose(1, 2), _unpack_bits(bits, r, transpose=True)
     return values, _unpack_bits(bits, r, transpose=False)
+
+
+def _kept_rotations(n_mat, r, c, need, draws, device):
+    """The kept rotations of every matrix minus no-ops (two empty columns), found by the
+    bitset support pass: global column ids ``gi``/``gj`` (matrix b owns ``b*c .. b*c+c-1``),
+    angles and layers, each a flat array."""
+    kept, chunks = _stop_points(n_mat, r, c, need, draws, device)
+    offset = np.arange(n_mat)[:, None] * c
+    parts = []
+    start = 0
+    for k, (noop, level) in enumerate(chunks):
+        i, j, theta = draws.chunk(k)
+        n = i.shape[1]
+        take = ((start + np.arange(n))[None, :] < kept[:, None]) & ~noop
+        parts.append(((i + offset)[take], (j + offset)[take], theta[take], level[take]))
+        start += n
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0), empty
+    gi, gj, theta, level = (np.concatenate(x) for x in zip(*parts, strict=True))
+    return gi, gj, theta, level
+
+
+# batch * c at or below which _build_small runs (one matrix up to 2048 columns, 16 of 128);
+# measured with benchmarks/init_cost.py: 3-7x faster than the bitset passes at 128..512.
+_SEQUENTIAL_UP_TO = 2048
+
+
+def _build_small(rows, cols, need, gain, dtype, draws, device, n_mat):
+    """:func:`_build` for small problems: a sequential scan, then dense layer-wise rotations.
+
+    Every array call costs microseconds whatever its size, so small matrices are built with
+    as few of them as possible: :func:`_scan_sequential` finds the kept rotations, their layers
+    and the final support without any array call per rotation, and each layer of rotations is
+    then applied to the dense values with one gather, one batched 2x2 matmul and one scatter.
+    """
+    r, c = min(rows, cols), max(rows, cols)
+    gi, gj, theta, level, support = _scan_sequential(n_mat, r, c, need, draws)
+    order, bounds = _layer_order(level)
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    pairs = np.stack([gi[order], gj[order]], axis=1)  # (T, 2): the two columns of each rotation
+    cos, sin = np.cos(theta[order]), np.sin(theta[order])
+    rot = np.stack([cos, sin, -sin, cos], axis=1).astype(np_dtype).reshape(-1, 2, 2)
+    values = np.zeros((n_mat * c, r), dtype=np_dtype)  # rows of A^T, matrix after matrix
+    diag = np.arange(r)
+    values.reshape(n_mat, c, r)[:, diag, diag] = gain
+    for lo, hi in bounds:  # [x; y] <- [[cos, sin], [-sin, cos]] @ [x; y] for every pair
+        p = pairs[lo:hi]
+        values[p] = np.matmul(rot[lo:hi], values[p])
+    mask = np.unpackbits(support, axis=1, count=r, bitorder="little").view(bool)
+    values = torch.from_numpy(values).view(n_mat, c, r).to(device)
+    mask = torch.from_numpy(mask).view(n_mat, c, r).to(device)
+    if rows <= cols:  # W = A: the transpose of the working layout
+        return values.transpose(1, 2), mask.transpose(1, 2).contiguous()
+    return values, mask
+
+
+def _scan_sequential(n_mat, r, c, need, draws):
+    """:func:`_kept_rotations` by one sequential scan per matrix, plus the final supports.
+
+    Column supports are Python ints used as bitsets (bit k: row k), so each rotation costs a
+    few interpreter operations and no array call: the scan stops exactly at the crossing
+    rotation and needs no schedule; each kept rotation's layer is one more than the latest layer
+    among its two columns. Same draws, same stop rule, same kept set as the bitset pass.
+    The supports come back as little-endian bytes, ``(n_mat * c, ceil(r / 8))`` uint8.
+    """
+    out_i, out_j, out_theta, out_level, out_support = [], [], [], [], []
+    nbytes = (r + 7) // 8
+    for b in range(n_mat):
+        bits = [1 << k for k in range(r)] + [0] * (c - r)
+        count = [1] * r + [0] * (c - r)
+        layer = [-1] * c  # layer of the latest kept rotation on each column
+        nnz = r
+        kept_at, kept_level = [], []  # stream position and layer of each kept rotation
+        keep, keep_level = kept_at.append, kept_level.append
+        streams = []
+        start, k = 0, 0
+        done = need <= r  # [I | 0] already dense enough: no rotation, no draw
+        while not done:
+            chunk = [x[b] for x in draws.chunk(k)]
+            streams.append(chunk)
+            stream_i, stream_j = chunk[0].tolist(), chunk[1].tolist()
+            for s, i, j in zip(range(start, start + len(stream_i)), stream_i, stream_j,
+                               strict=True):
+                ci, cj = count[i], count[j]
+                union = bits[i] | bits[j]
+                cu = union.bit_count()
+                after = nnz + cu + cu - ci - cj
+                if after >= need:
+                    done = True
+                    if not _keep_later(nnz, after, need):
+                        break
+                if not (ci or cj):  # no-op: both columns empty (never the crossing one)
+                    continue
+                bits[i] = bits[j] = union
+                count[i] = count[j] = cu
+                nnz = after
+                li, lj = layer[i], layer[j]
+                lv = (li if li > lj else lj) + 1
+                layer[i] = layer[j] = lv
+                keep(s)
+                keep_level(lv)
+                if done:
+                    break
+            start += len(stream_i)
+            k += 1
+        at = np.asarray(kept_at, dtype=np.int64)
+        if streams:
+            i_all, j_all, theta_all = (np.concatenate(x) for x in zip(*streams, strict=True))
+        else:
+            i_all = j_all = np.zeros(0, dtype=np.int64)
+            theta_all = np.zeros(0)
+        out_i.append(i_all[at] + b * c)
+        out_j.append(j_all[at] + b * c)
+        out_theta.append(theta_all[at])
+        out_level.append(np.asarray(kept_level, dtype=np.int64))
+        out_support.append(b"".join(x.to_bytes(nbytes, "little") for x in bits))
+    support = np.frombuffer(b"".join(out_support), dtype=np.uint8).reshape(n_mat * c, nbytes)
+    gi, gj, theta, level = (np.concatenate(x) for x in (out_i, out_j, out_theta, out_level))
+    return gi, gj, theta, level, support
 
 
 def _rotate(bits, values, gi, gj, cos, sin, bounds, max_pairs: int | None = None):
