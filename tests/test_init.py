@@ -216,20 +216,46 @@ def test_eoi_on_cuda_matches_cpu():
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("count", [2, 6])  # rejection rounds, and the permutation branch
-def test_extra_positions_are_a_uniform_sample_without_replacement(count):
+@pytest.mark.parametrize("count,threshold", [
+    (2, 0),     # rejection rounds only
+    (4, 0),     # the permutation branch (most free entries drawn)
+    (2, 40),    # independent byte picks, topped up by rejection
+    (2, 255),   # byte picks overshoot: a uniform subset is dropped
+])
+def test_extra_positions_are_a_uniform_sample_without_replacement(monkeypatch, count, threshold):
+    # Every count-subset of the 6 free entries must be equally likely, whichever stages run.
+    from itertools import combinations
+
     from scipy.stats import chisquare
 
-    from orthosparse.init import _sample_free
+    from orthosparse import init
 
-    taken = torch.zeros(10, dtype=torch.bool)
-    taken[[2, 5]] = True
-    g, trials = gen(), 4000
-    hits = torch.zeros(10)
+    monkeypatch.setattr(init, "_bernoulli_threshold", lambda count, free: threshold)
+    base = torch.zeros(8, dtype=torch.bool)
+    base[[2, 5]] = True
+    free = [k for k in range(8) if not base[k]]
+    subsets = {s: 0 for s in combinations(free, count)}
+    g, trials = gen(), 3000
     for _ in range(trials):
-        picked = _sample_free(taken, count, g)
-        assert picked.numel() == len(set(picked.tolist())) == count
-        assert not taken[picked].any()
-        hits[picked] += 1
-    free = hits[~taken]
-    assert chisquare(free.numpy(), [trials * count / 8] * 8).pvalue > 1e-4
+        taken = base.clone()
+        init._add_free(taken, count, g)
+        picked = tuple(torch.nonzero(taken & ~base).squeeze(1).tolist())
+        assert taken[base].all() and len(picked) == count
+        subsets[picked] += 1
+    assert chisquare(list(subsets.values())).pvalue > 1e-4
+
+
+def test_extra_positions_large_count_exact_and_spread():
+    # The byte stage runs (count >= 64): exact count, only free entries, even spread.
+    from orthosparse.init import _add_free, _bernoulli_threshold
+
+    taken = torch.zeros(20000, dtype=torch.bool)
+    taken[::7] = True
+    before = taken.clone()
+    assert _bernoulli_threshold(3000, int((~taken).sum())) > 0
+    _add_free(taken, 3000, gen(3))
+    assert int((taken & ~before).sum()) == 3000 and taken[before].all()
+    per_block = (taken & ~before).view(20, 1000).sum(dim=1).float()
+    assert per_block.min() > 100 and per_block.max() < 200  # 150 expected per block
+    with pytest.raises(AssertionError, match="cannot draw 20000 of"):
+        _add_free(taken, 20000, gen(3))

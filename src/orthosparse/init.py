@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 
 from . import givens
@@ -130,31 +131,65 @@ def _fill_group(
         tensor[(slice(None), slice(None), *centre)] = weight
         mask = torch.zeros(tensor.shape, dtype=torch.bool)
         mask[(slice(None), slice(None), *centre)] = centre_mask.cpu()
-        extra = target - int(centre_mask.sum())
+        centre_nnz = int(torch.count_nonzero(centre_mask))
+        extra = target - centre_nnz
         if extra > 0:  # uniform among the remaining zero positions of the whole kernel
-            flat = mask.view(-1)
-            flat[_sample_free(flat, extra, generator)] = True
+            _add_free(mask.view(-1), extra, generator, free=mask.numel() - centre_nnz)
         out.append(mask.to(tensor.device))
     return out
 
 
-def _sample_free(taken: torch.Tensor, count: int, generator: torch.Generator | None):
-    """Draw ``count`` distinct positions uniformly among the False entries of ``taken`` (1-D).
+def _bernoulli_threshold(count: int, free: int) -> int:
+    """Byte threshold of :func:`_add_free`'s first stage: ``P(byte < t) = t / 256`` sits about
+    four standard deviations below ``count / free``, so the stage rarely overshoots; 0 (no
+    first stage) for small counts, where rejection alone is cheap."""
+    if count < 64:
+        return 0
+    return max(0, math.floor(256 * count / free * (1.0 - 4.0 / math.sqrt(count))))
 
-    Sequential uniform draws that skip taken or already drawn positions are a uniform sample
-    without replacement. They are made in vectorized rounds: a candidate is kept when it is free
-    and the first occurrence of its position in the round. With most positions taken the rounds
-    would mostly miss, so a permutation of the free positions is used instead.
+
+def _add_free(taken: torch.Tensor, count: int, generator: torch.Generator | None,
+              free: int | None = None) -> None:
+    """Set ``count`` more entries of the 1-D CPU bool ``taken`` to True, chosen uniformly among
+    its ``free`` False entries (a uniform sample without replacement); ``free`` is counted when
+    not given.
+
+    1. For large counts every free entry is first picked independently with one probability
+       ``t/256`` (random bytes from a PCG64 stream seeded by one draw from ``generator``: a byte
+       per entry, ten times cheaper than a float draw per entry); if that overshoots (rare), a
+       uniform subset of the picks is dropped.
+    2. The rest of the count: sequential uniform draws that skip taken or already drawn entries,
+       made in vectorized rounds (a candidate is kept when it is free and the first occurrence
+       of its position in the round); when most entries are taken, a permutation of the free
+       entries instead.
+    Each stage treats the free entries symmetrically and the total is exactly ``count``, so
+    every ``count``-subset of the free entries is equally likely.
     """
     n = taken.numel()
-    free = n - int(torch.count_nonzero(taken))
+    if free is None:
+        free = n - int(torch.count_nonzero(taken))
     if count > free:
         raise AssertionError(f"cannot draw {count} of {free} free positions")
+    threshold = _bernoulli_threshold(count, free)
+    if threshold > 0:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        rng = np.random.Generator(np.random.PCG64(seed))
+        t = taken.numpy()
+        picked = rng.bit_generator.random_raw((n + 7) // 8).view(np.uint8)[:n] < threshold
+        picked &= ~t
+        k = int(np.count_nonzero(picked))
+        if k > count:  # drop a uniform subset of the picks
+            where = np.flatnonzero(picked)
+            picked[where[rng.choice(k, k - count, replace=False)]] = False
+            k = count
+        t |= picked
+        count, free = count - k, free - k
+    if count == 0:
+        return
     if 2 * count > free:
         positions = torch.nonzero(~taken).squeeze(1)
-        return positions[torch.randperm(free, generator=generator)[:count]]
-    taken = taken.clone()
-    chosen = []
+        taken[positions[torch.randperm(free, generator=generator)[:count]]] = True
+        return
     while count > 0:
         m = int(count * n / free * 1.25) + 64  # expected draws for ``count`` hits, plus margin
         cand = torch.randint(0, n, (m,), generator=generator)
@@ -163,13 +198,10 @@ def _sample_free(taken: torch.Tensor, count: int, generator: torch.Generator | N
         ordered, where = keys // m, keys % m
         first = torch.ones(m, dtype=torch.bool)
         first[where[1:]] = ordered[1:] != ordered[:-1]
-        keep = first & ~taken[cand]
-        hits = cand[keep][:count]
+        hits = cand[first & ~taken[cand]][:count]
         taken[hits] = True
-        chosen.append(hits)
         count -= hits.numel()
         free -= hits.numel()
-    return torch.cat(chosen)
 
 
 def eoi_(
