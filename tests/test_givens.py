@@ -90,10 +90,14 @@ def test_density_is_the_closer_of_the_two_candidate_steps(scan, rows, cols, dens
         assert int(mask.sum()) == expected
 
 
-@pytest.fixture(params=["sequential", "bitset"])
+@pytest.fixture(params=["sequential+dense", "sequential+segments", "bitset+segments"])
 def scan(request, monkeypatch):
-    """Run a test with each support scan: Python-int sequential (small) and bitset passes."""
-    monkeypatch.setattr(givens, "_SEQUENTIAL_UP_TO", 10**9 if request.param == "sequential" else 0)
+    """Run a test with each support scan (Python-int sequential for small problems, bitset
+    passes) and each rotation pass (dense layer-wise for small problems, 8-row segments)."""
+    monkeypatch.setattr(givens, "_SEQUENTIAL_UP_TO", 0 if request.param.startswith("bitset")
+                        else 10**9)
+    monkeypatch.setattr(givens, "_DENSE_ROWS_UP_TO", 10**9 if request.param.endswith("dense")
+                        else 0)
     return request.param
 
 

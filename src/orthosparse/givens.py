@@ -434,8 +434,12 @@ def _build(rows, cols, density, gain, dtype, generator, device, batch):
     need = density * r * c
     draws = _Draws(n_mat, c, density, generator)
     if n_mat * c <= _SEQUENTIAL_UP_TO:
-        return _build_small(rows, cols, need, gain, dtype, draws, device, n_mat)
-    gi, gj, theta, level = _kept_rotations(n_mat, r, c, need, draws, device)
+        gi, gj, theta, level, support = _scan_sequential(n_mat, r, c, need, draws)
+        if r <= _DENSE_ROWS_UP_TO:
+            return _rotate_dense(rows, cols, gain, dtype, device, n_mat, gi, gj, theta, level,
+                                 support)
+    else:
+        gi, gj, theta, level = _kept_rotations(n_mat, r, c, need, draws, device)
     order, bounds = _layer_order(level)
 
     compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -479,21 +483,22 @@ def _kept_rotations(n_mat, r, c, need, draws, device):
     return gi, gj, theta, level
 
 
-# batch * c at or below which _build_small runs (one matrix up to 2048 columns, 16 of 128);
-# measured with benchmarks/init_cost.py: 3-7x faster than the bitset passes at 128..512.
-_SEQUENTIAL_UP_TO = 2048
+# Small problems (measured with benchmarks/init_cost.py on 2 cores): the sequential scan beats
+# the bitset support pass up to about 4096 columns in all (3-7x at 128..512), and dense
+# layer-wise rotations beat the segment passes up to about 512 rows.
+_SEQUENTIAL_UP_TO = 4096  # batch * c
+_DENSE_ROWS_UP_TO = 512  # r
 
 
-def _build_small(rows, cols, need, gain, dtype, draws, device, n_mat):
-    """:func:`_build` for small problems: a sequential scan, then dense layer-wise rotations.
+def _rotate_dense(rows, cols, gain, dtype, device, n_mat, gi, gj, theta, level, support):
+    """:func:`_build`'s rotation pass for small problems: dense layer-wise rotations.
 
-    Every array call costs microseconds whatever its size, so small matrices are built with
-    as few of them as possible: :func:`_scan_sequential` finds the kept rotations, their layers
-    and the final support without any array call per rotation, and each layer of rotations is
-    then applied to the dense values with one gather, one batched 2x2 matmul and one scatter.
+    Every array call costs microseconds whatever its size, so small matrices are built with as
+    few of them as possible: each layer of the kept rotations (from :func:`_scan_sequential`,
+    which also gives the final ``support`` bytes) is applied to the dense values with one
+    gather, one batched 2x2 matmul and one scatter.
     """
     r, c = min(rows, cols), max(rows, cols)
-    gi, gj, theta, level, support = _scan_sequential(n_mat, r, c, need, draws)
     order, bounds = _layer_order(level)
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     pairs = np.stack([gi[order], gj[order]], axis=1)  # (T, 2): the two columns of each rotation
