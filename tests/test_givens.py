@@ -123,6 +123,18 @@ def test_fast_path_equals_one_rotation_at_a_time_oracle(scan, rows, cols, densit
             torch.testing.assert_close(w32.double(), w_ref, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("matmul_up_to", [0, 10**9])  # elementwise layers / stacked 2x2 matmuls
+def test_dense_rotation_pass_both_kernels_equal_the_oracle(monkeypatch, matmul_up_to):
+    monkeypatch.setattr(givens, "_SEQUENTIAL_UP_TO", 10**9)
+    monkeypatch.setattr(givens, "_DENSE_ROWS_UP_TO", 10**9)
+    monkeypatch.setattr(givens, "_MATMUL_PAIRS_UP_TO", matmul_up_to)
+    for seed in range(3):
+        w, m = sparse_orthogonal(40, 24, 0.3, generator=gen(seed), dtype=torch.float64, batch=8)
+        w_ref, m_ref = reference_sparse_orthogonal(40, 24, 0.3, generator=gen(seed), batch=8)
+        assert torch.equal(m, m_ref)
+        torch.testing.assert_close(w, w_ref, atol=1e-12, rtol=0)
+
+
 def test_batch_of_one_equals_single_and_batch_members_differ():
     w1, m1 = sparse_orthogonal(20, 20, 0.3, generator=gen(5))
     wb, mb = sparse_orthogonal(20, 20, 0.3, generator=gen(5), batch=1)

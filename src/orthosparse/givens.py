@@ -488,6 +488,7 @@ def _kept_rotations(n_mat, r, c, need, draws, device):
 # layer-wise rotations beat the segment passes up to about 512 rows.
 _SEQUENTIAL_UP_TO = 4096  # batch * c
 _DENSE_ROWS_UP_TO = 512  # r
+_MATMUL_PAIRS_UP_TO = 64  # rotations in one layer
 
 
 def _rotate_dense(rows, cols, gain, dtype, device, n_mat, gi, gj, theta, level, support):
@@ -504,12 +505,18 @@ def _rotate_dense(rows, cols, gain, dtype, device, n_mat, gi, gj, theta, level, 
     pairs = np.stack([gi[order], gj[order]], axis=1)  # (T, 2): the two columns of each rotation
     cos, sin = np.cos(theta[order]), np.sin(theta[order])
     rot = np.stack([cos, sin, -sin, cos], axis=1).astype(np_dtype).reshape(-1, 2, 2)
+    same = np.stack([cos, cos], axis=1).astype(np_dtype)[:, :, None]  # (T, 2, 1)
+    swap = np.stack([sin, -sin], axis=1).astype(np_dtype)[:, :, None]  # (T, 2, 1)
     values = np.zeros((n_mat * c, r), dtype=np_dtype)  # rows of A^T, matrix after matrix
     diag = np.arange(r)
     values.reshape(n_mat, c, r)[:, diag, diag] = gain
     for lo, hi in bounds:  # [x; y] <- [[cos, sin], [-sin, cos]] @ [x; y] for every pair
         p = pairs[lo:hi]
-        values[p] = np.matmul(rot[lo:hi], values[p])
+        xy = values[p]  # (k, 2, r)
+        if hi - lo <= _MATMUL_PAIRS_UP_TO:  # a stacked matmul loops over pairs: few pairs only
+            values[p] = np.matmul(rot[lo:hi], xy)
+        else:  # [cos x + sin y, cos y - sin x] elementwise
+            values[p] = xy * same[lo:hi] + xy[:, ::-1] * swap[lo:hi]
     mask = np.unpackbits(support, axis=1, count=r, bitorder="little").view(bool)
     values = torch.from_numpy(values).view(n_mat, c, r).to(device)
     mask = torch.from_numpy(mask).view(n_mat, c, r).to(device)
