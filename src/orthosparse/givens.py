@@ -111,8 +111,10 @@ def _validate(rows, cols, density, gain, dtype, generator, batch, stacklevel):
     return rows, cols, density, float(gain), dtype, generator, batch
 
 
-def _keep_later(nnz_before: float, nnz_after: float, need: float) -> bool:
-    """Stop rule: keep the matrix after the crossing rotation unless the one before is closer."""
+def _keep_later(nnz_before, nnz_after, need: float):
+    """Stop rule: keep the matrix after the crossing rotation unless the one before is closer.
+
+    Elementwise: numbers give a bool, arrays of nonzero counts a bool array."""
     return nnz_after - need <= need - nnz_before
 
 
