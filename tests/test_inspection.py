@@ -1,9 +1,13 @@
-"""``orthosparse inspect``: tables, files, exact EOI spectra, agreement with training, errors."""
+"""``orthosparse inspect``: tables, files, exact EOI spectra, agreement with training, density
+sweeps, errors."""
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -12,12 +16,22 @@ import torch
 from orthosparse.cli import main
 from orthosparse.config import config_fields, resolve_config
 from orthosparse.inspection import OUTPUT_FILES, inspect
+from orthosparse.plotting import plot_jacobian_vs_density
 
 TINY = ["--data", "digits", "--model", "mlp", "--depth", "4", "--width", "16",
         "--density", "0.25", "--device", "cpu", "--examples", "8"]
 LAYERS = ["hidden.0.weight", "hidden.2.weight", "hidden.4.weight", "head.weight"]
 SHAPES = [[16, 64], [16, 16], [16, 16], [10, 16]]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# TINY without --density, for --densities (uniform masks: SAO's buildable densities are exact).
+SWEEP = ["--data", "digits", "--model", "mlp", "--depth", "3", "--width", "16", "--mask",
+         "uniform", "--device", "cpu", "--examples", "8"]
+SWEEP_OVERRIDES = {"dataset": "digits", "model": "mlp", "depth": 3, "width": 16,
+                   "mask": "uniform", "device": "cpu", "progress": "none"}
+SINGLE_FILES = ("singular_values", "signal_propagation", "json")
+SWEEP_FILES = ("jacobian_vs_density", "jacobian_vs_density_md", "jacobian_vs_density_csv",
+               "json")
+SUMMARY = ("mean", "std", "min", "max", "condition_number")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -43,10 +57,29 @@ def read_json(out_dir):
     return json.loads((out_dir / OUTPUT_FILES["json"]).read_text("utf-8"))
 
 
-def check_pngs(out_dir):
-    for key in ("singular_values", "signal_propagation"):
+def check_pngs(out_dir, keys=("singular_values", "signal_propagation")):
+    for key in keys:
         data = (out_dir / OUTPUT_FILES[key]).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 5000, key
+
+
+def read_csv(out_dir):
+    with (out_dir / OUTPUT_FILES["jacobian_vs_density_csv"]).open(encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def table_rows(text):
+    """The Markdown table's body rows as {init: [cell, ...]} (header row under key "init")."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("|:"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def cell_text(mean, std, lo, hi):
+    return f"{mean:.4g} ± {std:.2g} [{lo:.4g}, {hi:.4g}]"
 
 
 def test_one_init_prints_the_layer_table_and_writes_plots_and_json(capsys, tmp_path):
@@ -77,7 +110,9 @@ def test_one_init_prints_the_layer_table_and_writes_plots_and_json(capsys, tmp_p
     assert jac["std"] == pytest.approx(sv.std(), rel=1e-6, abs=1e-9)
     assert jac["min"] == pytest.approx(sv.min(), abs=1e-7)
     assert jac["max"] == pytest.approx(sv.max(), rel=1e-6)
-    assert data["files"] == {k: str(tmp_path / v) for k, v in OUTPUT_FILES.items()}
+    assert data["files"] == {k: str(tmp_path / OUTPUT_FILES[k]) for k in SINGLE_FILES}
+    assert "density_sweep" not in data
+    assert not (tmp_path / OUTPUT_FILES["jacobian_vs_density"]).exists()
 
 
 def test_three_inits_print_one_comparison_table_either_spelling(capsys, tmp_path):
@@ -173,9 +208,11 @@ def test_help_lists_config_flags_and_the_training_jacobian_flag(capsys):
     assert code == 0
     for f in config_fields():
         assert f"--{f.name.replace('_', '-')}" in out, f.name
-    for flag in ("--compare-inits", "--examples", "--preset", "--config"):
+    for flag in ("--compare-inits", "--examples", "--preset", "--config", "--densities"):
         assert flag in out
     text = " ".join(out.split())
+    assert "jacobian_vs_density.png/.md/.csv" in text
+    assert "[--density D | --densities D [D ...]]" in text
     assert "orthosparse train --jacobian epoch" in text
     assert "several separated by commas" in text
     code, out, _ = run(capsys)
@@ -215,3 +252,193 @@ def test_python_errors():
     with pytest.raises(ValueError, match=r"examples=0"):
         inspect(cfg, examples=0)
 
+
+
+# --------------------------------------------------------------------------- density sweeps
+
+
+def test_density_sweep_writes_table_csv_png_and_matches_single_density_calls(capsys, tmp_path):
+    inits, densities = ["eoi", "orthogonal"], [0.1, 0.3, 0.6]
+    code, out, err = run(capsys, "inspect", *SWEEP, "--init", ",".join(inits),
+                         "--densities", *map(str, densities), "--out", str(tmp_path))
+    assert code == 0, err
+    check_pngs(tmp_path, keys=("jacobian_vs_density",))
+    for key in ("singular_values", "signal_propagation"):  # per-density spectra: not drawn
+        assert not (tmp_path / OUTPUT_FILES[key]).exists()
+    rows = read_csv(tmp_path)
+    assert list(rows[0]) == ["init", "density", *SUMMARY, "error"]
+    assert [(r["init"], float(r["density"])) for r in rows] == [
+        (name, d) for name in inits for d in densities]
+    data = read_json(tmp_path)
+    assert data["files"] == {k: str(tmp_path / OUTPUT_FILES[k]) for k in SWEEP_FILES}
+    sweep = data["density_sweep"]
+    assert sweep["densities"] == densities and sweep["inits"] == inits
+    printed = table_rows(out)
+    assert printed == table_rows((tmp_path / OUTPUT_FILES["jacobian_vs_density_md"]).read_text(
+        "utf-8"))
+    assert printed["init"] == ["0.1", "0.3", "0.6"]
+    # Oracle: the single-density path, one call per density (same seed, same data batch).
+    for i, density in enumerate(densities):
+        cfg = resolve_config(overrides={**SWEEP_OVERRIDES, "density": density})
+        single = inspect(cfg, inits, examples=8)
+        assert sweep["results"][i] == single["results"]
+        for name in inits:
+            want = single["results"][name]["jacobian"]
+            row = next(r for r in rows if r["init"] == name and float(r["density"]) == density)
+            cell = sweep["summary"][name][i]
+            assert cell == {"density": density, **want}
+            assert row["error"] == ""
+            for key in SUMMARY:
+                got = float(row[key])
+                assert got == want[key] if want[key] is not None else math.isinf(got), key
+            assert printed[name][i] == cell_text(*(want[k] for k in ("mean", "std", "min",
+                                                                     "max")))
+    assert data["results"] == sweep["results"][-1]  # `results`: the last density
+
+
+def test_eoi_is_isometric_at_every_density_while_masked_orthogonal_collapses(capsys, tmp_path):
+    # Linear activations, widths 64 -> 16 -> ... -> 10: each EOI layer has orthonormal rows
+    # times gain at any density, so J J^T = gain^(2 depth) I_10 and every singular value is
+    # gain^depth. Dense orthogonal masked at density 0.1 keeps ~1.6 weights per row of a 16 x 16
+    # layer: zero rows make J rank-deficient (measured: min <= 3e-12, max < 2e-3 for seeds 0-5);
+    # at density 1 the mask keeps everything and it is exactly orthogonal again.
+    depth, gain, densities = 8, 1.1, [0.1, 0.3, 1.0]
+    expected = gain**depth  # 2.1436
+    code, _, err = run(capsys, "inspect", *SWEEP, "--depth", str(depth), "--activation",
+                       "linear", "--gain", str(gain), "--examples", "4",
+                       "--init", "eoi,orthogonal", "--densities", *map(str, densities),
+                       "--progress", "none", "--out", str(tmp_path))
+    assert code == 0, err
+    sweep = read_json(tmp_path)["density_sweep"]
+    eoi, orth = sweep["summary"]["eoi"], sweep["summary"]["orthogonal"]
+    assert [c["density"] for c in eoi] == [c["density"] for c in orth] == densities
+    for i, cell in enumerate(eoi):
+        for key in ("mean", "min", "max"):
+            assert cell[key] == pytest.approx(expected, rel=1e-5), (cell["density"], key)
+        assert cell["condition_number"] == pytest.approx(1.0, abs=1e-5)
+        sv = np.array(sweep["results"][i]["eoi"]["singular_values"])
+        assert sv.shape == (4, 10)
+        np.testing.assert_allclose(sv, expected, rtol=1e-5, atol=0)
+    assert orth[0]["min"] < 0.5 and orth[0]["max"] < 0.5
+    assert orth[1]["max"] < expected / 2  # still far from isometric at 0.3
+    assert orth[2]["min"] == pytest.approx(expected, rel=1e-5)
+    assert orth[2]["max"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_density_an_init_cannot_build_is_n_a_with_its_error(capsys, tmp_path):
+    # SAO on a uniform mask: density 0.25 of the 10 x 16 head needs degree 4 (possible: 8, 16);
+    # at 0.5 every layer is buildable (degrees 32/64, 8/16, 8/16).
+    code, out, err = run(capsys, "inspect", *SWEEP, "--init", "eoi,sao",
+                         "--densities", "0.25", "0.5", "--out", str(tmp_path))
+    assert code == 0, err
+    printed = table_rows(out)
+    assert printed["sao"][0] == "n/a" and printed["sao"][1] != "n/a"
+    assert "n/a" not in printed["eoi"]
+    assert re.search(r"- sao at density 0\.25: layer 'head\.weight': SAO cannot build "
+                     r"density=0\.25 for a weight of shape \(10, 16\)", out)
+    data = read_json(tmp_path)
+    sweep = data["density_sweep"]
+    failed, built = sweep["summary"]["sao"]
+    assert failed["density"] == 0.25 and "SAO cannot build density=0.25" in failed["error"]
+    assert all(failed[k] is None for k in SUMMARY)
+    assert "error" not in built and built["mean"] > 0
+    assert list(sweep["results"][0]) == ["eoi"] and list(sweep["results"][1]) == ["eoi", "sao"]
+    rows = {(r["init"], float(r["density"])): r for r in read_csv(tmp_path)}
+    assert len(rows) == 4
+    assert [rows["sao", 0.25][k] for k in SUMMARY] == [""] * 5
+    assert rows["sao", 0.25]["error"] == failed["error"]
+    assert rows["sao", 0.5]["error"] == "" and float(rows["sao", 0.5]["mean"]) == built["mean"]
+    check_pngs(tmp_path, keys=("jacobian_vs_density",))
+
+
+def test_sweep_with_no_buildable_cell_raises_and_other_errors_propagate(monkeypatch):
+    cfg = resolve_config(overrides=SWEEP_OVERRIDES)
+    with pytest.raises(ValueError, match=r"no \(init, density\) cell could be built; init 'sao' "
+                                         r"at density 0\.25: layer 'head\.weight': SAO cannot"):
+        inspect(cfg, "sao", densities=[0.25], examples=2)
+
+    import orthosparse.inspection as inspection
+
+    def broken(cfg, *args, **kwargs):
+        raise RuntimeError(f"out of memory at density {cfg.density}")
+
+    monkeypatch.setattr(inspection, "_measure", broken)
+    with pytest.raises(RuntimeError, match=r"out of memory at density 0\.5"):
+        inspect(cfg, "eoi", densities=[0.5], examples=2)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--densities", "0"], r"argument --densities: densities\[0\]=0\.0 must be in \(0, 1\]"),
+    (["--densities", "0.1", "1.5"], r"argument --densities: densities\[1\]=1\.5 must be in "
+                                    r"\(0, 1\]"),
+    (["--densities", "nan"], r"argument --densities: densities\[0\]=nan must be in \(0, 1\]"),
+    (["--densities", "0.1", "0.5", "0.10"], r"argument --densities: density 0\.1 is given twice "
+                                            r"in densities=\[0\.1, 0\.5, 0\.1\]"),
+    (["--densities", "0.1", "--density", "0.5"], r"argument --densities: not allowed with "
+                                                 r"--density"),
+    (["--densities", "sparse"], r"argument --densities: invalid float value: 'sparse'"),
+    (["--densities"], r"argument --densities: expected at least one argument"),
+])
+def test_bad_densities_exit_2_naming_them(capsys, tmp_path, argv, message):
+    code, _, err = run(capsys, "inspect", *SWEEP, *argv, "--out", str(tmp_path))
+    assert code == 2
+    assert re.search(message, err), err
+    assert not (tmp_path / OUTPUT_FILES["json"]).exists()
+
+
+def test_bad_densities_python_errors():
+    cfg = resolve_config(overrides=SWEEP_OVERRIDES)
+    with pytest.raises(ValueError, match=r"density 0\.5 is given twice in "
+                                         r"densities=\[0\.5, 0\.5\]"):
+        inspect(cfg, densities=[0.5, 0.5])
+    with pytest.raises(ValueError, match=r"densities\[1\]=-0\.1 must be in \(0, 1\]"):
+        inspect(cfg, densities=(0.5, -0.1))
+    with pytest.raises(ValueError, match=r"densities is empty"):
+        inspect(cfg, densities=[])
+    with pytest.raises(TypeError, match=r"densities must be a sequence of floats in \(0, 1\], "
+                                        r"got float: 0\.5"):
+        inspect(cfg, densities=0.5)
+    with pytest.raises(TypeError, match=r"densities\[0\] must be a real number in \(0, 1\], "
+                                        r"got str: '0\.5'"):
+        inspect(cfg, densities=["0.5"])
+    with pytest.raises(TypeError, match=r"densities must be a sequence of floats in \(0, 1\], "
+                                        r"got str"):
+        inspect(cfg, densities="0.5")
+
+
+def test_plot_jacobian_vs_density_curves_bands_and_n_a_legend():
+    sweep = {"densities": [0.5, 0.1], "inits": ["eoi", "sao", "dead"], "summary": {
+        "eoi": [{"density": 0.5, "mean": 1.0, "std": 0.0, "min": 1.0, "max": 1.0},
+                {"density": 0.1, "mean": 2.0, "std": 0.5, "min": 0.5, "max": 4.0}],
+        "sao": [{"density": 0.5, "mean": 1.5, "std": 0.1, "min": 1.0, "max": 2.0},
+                {"density": 0.1, "mean": None, "error": "SAO cannot build density=0.1"}],
+        "dead": [{"density": 0.5, "error": "no"}, {"density": 0.1, "error": "no"}]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # errors are in the legend, not warnings
+        fig = plot_jacobian_vs_density(sweep)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines) == ["eoi", "sao (n/a at 0.1)", "dead (n/a at 0.1, 0.5)", "isometry"]
+    np.testing.assert_array_equal(lines["eoi"].get_xdata(), [0.1, 0.5])  # sorted by density
+    np.testing.assert_array_equal(lines["eoi"].get_ydata(), [2.0, 1.0])
+    np.testing.assert_array_equal(lines["sao (n/a at 0.1)"].get_xdata(), [0.5])
+    assert lines["isometry"].get_linestyle() == "--"
+    np.testing.assert_array_equal(lines["isometry"].get_ydata(), [1.0, 1.0])
+    band = ax.collections[0].get_paths()[0].vertices  # eoi's min-max band
+    assert band[:, 1].min() == 0.5 and band[:, 1].max() == 4.0
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "0.5"]
+
+    sweep["summary"]["eoi"][1]["mean"] = math.inf
+    with pytest.warns(UserWarning, match=r"init 'eoi' at density 0\.1: mean singular value inf "
+                                         r"is not finite and positive; left out"):
+        plot_jacobian_vs_density(sweep)
+    with pytest.raises(ValueError, match=r"no init has a finite positive mean"):
+        plot_jacobian_vs_density({"densities": [0.1], "summary": {"sao": [
+            {"density": 0.1, "error": "no"}]}})
+    with pytest.raises(ValueError, match=r"sweep must be a mapping with a 'summary'"):
+        plot_jacobian_vs_density([1, 2])
+    with pytest.raises(ValueError, match=r"sweep has no inits or no densities"):
+        plot_jacobian_vs_density({"densities": [], "summary": {"eoi": []}})
+    with pytest.raises(ValueError, match=r"every cell needs a 'density'"):
+        plot_jacobian_vs_density({"densities": [0.1], "summary": {"eoi": [{"mean": 1.0}]}})

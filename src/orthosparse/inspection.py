@@ -7,6 +7,12 @@ orthogonality error, activation and gradient norm, and the summary of the input-
 Jacobian's singular values on the first ``examples`` test images (the batch training uses for its
 ``--jacobian`` records). Several inits give one comparison table and one overlaid picture.
 
+With ``densities`` (``--densities 0.05 0.1 0.5 1``) every init is measured at every density (same
+seed and data batch in every cell) and the Jacobian summary is reported versus density: one table
+(rows: init, columns: density, cells ``mean ± std [min, max]``), ``jacobian_vs_density.png`` (the
+paper's signal-propagation figure), ``.md`` and ``.csv``. Cells an init cannot build (SAO at a
+density its block construction does not reach) are ``n/a`` with the error recorded.
+
 Dynamical isometry (all Jacobian singular values near 1, `Resurrecting the sigmoid in deep
 learning through dynamical isometry` - Pennington et al. (2017), arXiv 1711.04735) is what EOI
 builds exactly: `Sparser, Better, Deeper, Stronger: Improving Static Sparse Training with Exact
@@ -19,23 +25,26 @@ Example:
     >>> cfg = resolve_config("digits", overrides={"depth": 20, "activation": "linear"})
     >>> result = inspect(cfg, ["eoi", "kaiming"], out="inspect-digits")
     >>> result["results"]["eoi"]["jacobian"]["condition_number"]  # ~1.0
+    >>> sweep = inspect(cfg, ["eoi", "orthogonal"], densities=[0.05, 0.1, 0.5, 1.0])
+    >>> sweep["density_sweep"]["summary"]["eoi"][0]["mean"]  # gain**depth = 1.0 at any density
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ._checks import check_positive_int
+from ._checks import check_density, check_positive_int
 from .cli import (
     COMMANDS,
     PROG,
@@ -54,7 +63,14 @@ OUTPUT_FILES: dict[str, str] = {
     "json": "inspect.json",
     "singular_values": "singular_values.png",
     "signal_propagation": "signal_propagation.png",
+    "jacobian_vs_density": "jacobian_vs_density.png",
+    "jacobian_vs_density_md": "jacobian_vs_density.md",
+    "jacobian_vs_density_csv": "jacobian_vs_density.csv",
 }
+# Written without ``densities`` / with ``densities`` (and inspect.json in both cases).
+_SINGLE_FILES: tuple[str, ...] = ("singular_values", "signal_propagation")
+_SWEEP_FILES: tuple[str, ...] = ("jacobian_vs_density", "jacobian_vs_density_md",
+                                 "jacobian_vs_density_csv")
 _SUMMARY_KEYS: tuple[str, ...] = ("mean", "std", "min", "max", "condition_number")
 
 
@@ -87,6 +103,23 @@ def _check_inits(inits: Sequence[str] | str | None, config: TrainConfig) -> list
         seen.add(name)
         check_names(dataclasses.replace(config, init=name))  # unknown name: lists the valid ones
     return names
+
+
+def _check_densities(densities: object) -> list[float]:
+    """Return the densities as a list of floats in (0, 1]; reject empty input and duplicates."""
+    if isinstance(densities, (str, bytes, Mapping)) or not isinstance(densities, Iterable):
+        raise TypeError(f"densities must be a sequence of floats in (0, 1], got "
+                        f"{type(densities).__name__}: {densities!r}")
+    values = [check_density(d, f"densities[{i}]") for i, d in enumerate(densities)]
+    if not values:
+        raise ValueError("densities is empty: give at least one density in (0, 1]")
+    seen: set[float] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"density {value:g} is given twice in densities="
+                             f"[{', '.join(f'{v:g}' for v in values)}]")
+        seen.add(value)
+    return values
 
 
 def _load_batch(config: TrainConfig, examples: int, device: torch.device
@@ -126,6 +159,33 @@ def _build(config: TrainConfig, splits: Any, device: torch.device) -> torch.nn.M
              generator=torch.Generator().manual_seed(seed_for(config.seed, "sparsify")),
              **options_dict(config.sparsify_options, "sparsify_options"))
     return model
+
+
+def _measure(cfg: TrainConfig, splits: Any, inputs: torch.Tensor, targets: torch.Tensor,
+             after_data: Any, device: torch.device) -> tuple[Any, torch.Tensor]:
+    """Build ``cfg``'s network from the post-data RNG state; return (report, singular values)."""
+    from .checkpoint import set_rng_state
+    from .diagnostics import inspect_model, jacobian_singular_values
+    from .runtime import run_scope
+
+    with run_scope(cfg.seed, cfg.deterministic, cfg.threads):
+        set_rng_state(after_data)
+        model = _build(cfg, splits, device)
+        report = inspect_model(model, inputs, gain=cfg.gain, targets=targets, max_examples=None)
+        sv = jacobian_singular_values(model, inputs).cpu()  # (n, min(out, in))
+    return report, sv
+
+
+def _entry(report: Any, sv: torch.Tensor) -> dict[str, Any]:
+    """The per-init result: Jacobian summary, spectra, per-layer report, propagation records."""
+    from .diagnostics import summarize_singular_values
+
+    return {
+        "jacobian": summarize_singular_values(sv),
+        "singular_values": sv.tolist(),
+        "layers": [dataclasses.asdict(layer) for layer in report.layers],
+        "propagation": [dataclasses.asdict(r) for r in report.propagation],
+    }
 
 
 def _fmt(value: float) -> str:
@@ -178,9 +238,66 @@ def _plot(config: TrainConfig, spectra: dict[str, torch.Tensor], records: dict[s
     return files
 
 
+def _sweep_cell(summary: Mapping[str, float] | None, density: float,
+                error: str | None) -> dict[str, Any]:
+    """One (init, density) cell: the Jacobian summary, or None numbers and the error."""
+    cell: dict[str, Any] = {"density": density}
+    cell.update({k: None if summary is None else summary[k] for k in _SUMMARY_KEYS})
+    if error is not None:
+        cell["error"] = error
+    return cell
+
+
+def _fmt_cell(cell: Mapping[str, Any]) -> str:
+    if cell.get("error") is not None:
+        return "n/a"
+    return (f"{cell['mean']:.4g} ± {cell['std']:.2g} [{cell['min']:.4g}, "
+            f"{cell['max']:.4g}]")
+
+
+def _sweep_table(sweep: Mapping[str, Any], heading: str) -> str:
+    """Markdown table, rows: init, columns: density, cells ``mean ± std [min, max]``."""
+    densities, summary = sweep["densities"], sweep["summary"]
+    rows = [["init"] + [f"{d:g}" for d in densities]]
+    rows += [[name] + [_fmt_cell(c) for c in summary[name]] for name in sweep["inits"]]
+    widths = [max(len(row[j]) for row in rows) for j in range(len(rows[0]))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if j == 0 else c.rjust(w)
+                                 for j, (c, w) in enumerate(zip(cells, widths, strict=True))) + " |"
+
+    rule = "|" + "|".join(":" + "-" * (w + 1) if j == 0 else "-" * (w + 1) + ":"
+                          for j, w in enumerate(widths)) + "|"
+    lines = [heading, "", line(rows[0]), rule, *(line(r) for r in rows[1:])]
+    failed = [(name, c) for name in sweep["inits"] for c in summary[name]
+              if c.get("error") is not None]
+    if failed:
+        lines += ["", "n/a: the init cannot build that density:"]
+        lines += [f"- {name} at density {c['density']:g}: {c['error']}" for name, c in failed]
+    return "\n".join(lines)
+
+
+def _write_sweep_csv(sweep: Mapping[str, Any], path: Path) -> None:
+    """One row per (init, density): the summary numbers, or empty numbers and the error."""
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["init", "density", *_SUMMARY_KEYS, "error"])
+        for name in sweep["inits"]:
+            for c in sweep["summary"][name]:
+                writer.writerow([name, repr(c["density"]),
+                                 *("" if c[k] is None else repr(float(c[k]))
+                                   for k in _SUMMARY_KEYS), c.get("error") or ""])
+
+
+def _write_json(result: dict[str, Any], out_dir: Path) -> None:
+    tmp = out_dir / f".{OUTPUT_FILES['json']}.tmp"
+    tmp.write_text(json.dumps(_json_safe(result), indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, out_dir / OUTPUT_FILES["json"])
+
+
 def inspect(config: TrainConfig, inits: Sequence[str] | str | None = None, *,
-            out: str | os.PathLike | None = None,
-            examples: int | None = None) -> dict[str, Any]:
+            out: str | os.PathLike | None = None, examples: int | None = None,
+            densities: Sequence[float] | None = None) -> dict[str, Any]:
     """Measure the signal propagation of the configured network at init, for one or more inits.
 
     For each init (``dataclasses.replace(config, init=name)``) the model, masks and weights are
@@ -190,70 +307,82 @@ def inspect(config: TrainConfig, inits: Sequence[str] | str | None = None, *,
     test labels) and the pooled singular values ``sigma(d logits(x_b) / d x_b)`` of the
     per-example Jacobians. Tables are printed unless ``config.progress == "none"``.
 
+    With ``densities`` every (init, density) cell is measured the same way on
+    ``dataclasses.replace(config, density=d, init=name)`` (``config.density`` is not used), with
+    the same seed and data batch in every cell: the signal-propagation-versus-density figure of
+    `Sparser, Better, Deeper, Stronger: Improving Static Sparse Training with Exact Orthogonal
+    Initialization` - Nowak et al. (2024), arXiv 2406.01755. A cell whose init raises
+    ``ValueError`` (SAO cannot build every density) is recorded with its ``error`` and shown as
+    ``n/a``; other exceptions propagate. The per-layer reports are not printed (one line per
+    cell instead), and the per-density spectra pictures are not drawn.
+
     Args:
         config: the resolved configuration (``resolve_config``); ``config.init`` is used when
             ``inits`` is None.
         inits: init names to compare (:func:`orthosparse.sparsify.list_inits`), or one name.
-        out: directory for ``inspect.json`` (everything returned), ``singular_values.png`` (the
-            spectra overlaid) and ``signal_propagation.png`` (norms versus depth); None writes
-            nothing.
+        out: directory for ``inspect.json`` (everything returned) and the pictures: without
+            ``densities``, ``singular_values.png`` (the spectra overlaid) and
+            ``signal_propagation.png`` (norms versus depth); with ``densities``,
+            ``jacobian_vs_density.png``/``.md``/``.csv`` (the summary versus density as a
+            picture, a Markdown table, one CSV row per init and density). None writes nothing.
         examples: number of test examples for norms and the Jacobian (default:
             ``config.jacobian_examples``, the batch training records its Jacobian on).
+        densities: densities in (0, 1] to sweep, each once (kept in the given order).
 
     Returns:
         A JSON-ready dict (non-finite numbers as None): ``config``, ``inits``, ``examples``,
         ``results[init]`` with ``jacobian`` (mean, std, min, max, condition_number),
         ``singular_values`` (one list per example, descending), ``layers`` and ``propagation``,
-        and ``files`` (paths written).
+        and ``files`` (paths written). With ``densities``, ``results`` is that of the last
+        density (inits that failed there are absent), and ``density_sweep`` holds
+        ``densities``, ``inits``, ``summary[init]`` (one cell per density: ``density``, mean,
+        std, min, max, condition_number; a failed cell has None numbers and ``error``) and
+        ``results`` (one ``{init: result}`` per density, failed cells absent).
 
     Raises:
-        TypeError: config or inits of the wrong type.
-        ValueError: an unknown init/dataset/model/mask name (listing the valid ones), a bad value,
-            a setting the model does not take.
+        TypeError: config, inits or densities of the wrong type.
+        ValueError: an unknown init/dataset/model/mask name (listing the valid ones), a bad value
+            (a density outside (0, 1], a density given twice), a setting the model does not take,
+            or, with ``densities``, no cell that could be built.
 
     Example:
         >>> inspect(resolve_config("digits"), ["eoi", "orthogonal", "kaiming"], out="figs")
+        >>> inspect(resolve_config("digits"), ["eoi", "sao"], densities=[0.1, 0.5], out="sweep")
     """
-    from .checkpoint import rng_state, set_rng_state
-    from .diagnostics import inspect_model, jacobian_singular_values, summarize_singular_values
+    from .checkpoint import rng_state
     from .runtime import resolve_device, run_scope
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     names = _check_inits(inits, config)
+    sweep_densities = None if densities is None else _check_densities(densities)
     examples = check_positive_int(config.jacobian_examples if examples is None else examples,
                                   "examples")
     out_dir = None if out is None else Path(out)
     echo = print if config.progress != "none" else (lambda *a, **k: None)
     device = resolve_device(config.device)
 
+    with run_scope(config.seed, config.deterministic, config.threads):
+        splits, inputs, targets = _load_batch(config, examples, device)
+        after_data = rng_state()  # every cell starts from the global state training has here
+    n = inputs.shape[0]
+    if sweep_densities is not None:
+        return _sweep(config, names, sweep_densities, splits, inputs, targets, after_data,
+                      device, out_dir, echo)
+
     results: dict[str, dict[str, Any]] = {}
     spectra: dict[str, torch.Tensor] = {}
     records: dict[str, list] = {}
-    with run_scope(config.seed, config.deterministic, config.threads):
-        splits, inputs, targets = _load_batch(config, examples, device)
-        after_data = rng_state()  # every init starts from the global state training has here
     for name in names:
         cfg = dataclasses.replace(config, init=name)
-        with run_scope(cfg.seed, cfg.deterministic, cfg.threads):
-            set_rng_state(after_data)
-            model = _build(cfg, splits, device)
-            report = inspect_model(model, inputs, gain=cfg.gain, targets=targets,
-                                   max_examples=None)
-            sv = jacobian_singular_values(model, inputs).cpu()  # (n, min(out, in))
+        report, sv = _measure(cfg, splits, inputs, targets, after_data, device)
         spectra[name] = sv
         records[name] = report.propagation
-        results[name] = {
-            "jacobian": summarize_singular_values(sv),
-            "singular_values": sv.tolist(),
-            "layers": [dataclasses.asdict(layer) for layer in report.layers],
-            "propagation": [dataclasses.asdict(r) for r in report.propagation],
-        }
+        results[name] = _entry(report, sv)
         echo(f"== init {name}: {cfg.model} on {cfg.dataset}, density {cfg.density:g} "
              f"({cfg.mask} mask), seed {cfg.seed}, device {device}")
         echo(str(report))
         echo()
-    n = inputs.shape[0]
     if len(names) > 1:
         echo(_comparison_table(results))
         echo()
@@ -266,12 +395,70 @@ def inspect(config: TrainConfig, inits: Sequence[str] | str | None = None, *,
         files = _plot(config, spectra, records, out_dir, n)
         files["json"] = str(out_dir / OUTPUT_FILES["json"])
         result["files"] = files
-        tmp = out_dir / f".{OUTPUT_FILES['json']}.tmp"
-        tmp.write_text(json.dumps(_json_safe(result), indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, out_dir / OUTPUT_FILES["json"])
-        for key in ("singular_values", "signal_propagation", "json"):
+        _write_json(result, out_dir)
+        for key in (*_SINGLE_FILES, "json"):
             if key in files:
                 echo(f"wrote {files[key]}")
+    return _json_safe(result)
+
+
+def _sweep(config: TrainConfig, names: list[str], densities: list[float], splits: Any,
+           inputs: torch.Tensor, targets: torch.Tensor, after_data: Any, device: torch.device,
+           out_dir: Path | None, echo: Any) -> dict[str, Any]:
+    """The ``densities`` branch of :func:`inspect`: every init at every density."""
+    from .diagnostics import summarize_singular_values
+
+    n = inputs.shape[0]
+    echo(f"== {config.model} on {config.dataset} ({config.mask} mask), gain {config.gain:g}, "
+         f"seed {config.seed}, device {device}, {n} examples: {len(names)} inits x "
+         f"{len(densities)} densities")
+    summary: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    per_density: list[dict[str, dict[str, Any]]] = []
+    for density in densities:
+        results: dict[str, dict[str, Any]] = {}
+        for name in names:
+            cfg = dataclasses.replace(config, density=density, init=name)
+            try:
+                report, sv = _measure(cfg, splits, inputs, targets, after_data, device)
+            except ValueError as err:  # e.g. SAO cannot build this density for some layer
+                summary[name].append(_sweep_cell(None, density, f"{err}"))
+                echo(f"density {density:g}, init {name}: n/a ({err})")
+                continue
+            results[name] = _entry(report, sv)
+            cell = _sweep_cell(summarize_singular_values(sv), density, None)
+            summary[name].append(cell)
+            echo(f"density {density:g}, init {name}: Jacobian singular values {_fmt_cell(cell)}")
+        per_density.append(results)
+    if not any(per_density):
+        first = summary[names[0]][0]
+        raise ValueError(f"no (init, density) cell could be built; init {names[0]!r} at density "
+                         f"{first['density']:g}: {first['error']}")
+    sweep = {"densities": densities, "inits": names, "summary": summary,
+             "results": per_density}
+    table = _sweep_table(sweep, f"Jacobian singular values at init versus density: mean ± std "
+                                f"[min, max] over {n} examples ({config.model} on "
+                                f"{config.dataset}, {config.mask} mask, gain {config.gain:g})")
+    echo()
+    echo(table)
+    echo()
+    result: dict[str, Any] = {
+        "config": config_to_dict(config), "inits": names, "examples": n,
+        "results": per_density[-1], "files": {}, "density_sweep": sweep,
+    }
+    if out_dir is not None:
+        from .plotting import plot_jacobian_vs_density
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = {key: str(out_dir / OUTPUT_FILES[key]) for key in (*_SWEEP_FILES, "json")}
+        plot_jacobian_vs_density(sweep, files["jacobian_vs_density"], title=(
+            f"{config.model} on {config.dataset}, {config.mask} mask, gain {config.gain:g}, "
+            f"{n} examples"))
+        Path(files["jacobian_vs_density_md"]).write_text(table + "\n", encoding="utf-8")
+        _write_sweep_csv(sweep, Path(files["jacobian_vs_density_csv"]))
+        result["files"] = files
+        _write_json(result, out_dir)
+        for key in (*_SWEEP_FILES, "json"):
+            echo(f"wrote {files[key]}")
     return _json_safe(result)
 
 
@@ -294,6 +481,13 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                      help=f"initializations to compare in one table and one picture (same "
                           f"mask method, density and seed): {', '.join(list_inits())}; same as "
                           f"--init a,b,c")
+    run.add_argument("--densities", nargs="+", type=float, metavar="D",
+                     help="sweep these densities in (0, 1] instead of one --density: every init "
+                          "at every density (same seed and data); prints a table (rows: init, "
+                          "columns: density, cells mean ± std [min, max] of the Jacobian "
+                          "singular values; n/a where an init cannot build a density) and "
+                          "writes jacobian_vs_density.png/.md/.csv and inspect.json (no "
+                          "singular_values.png/signal_propagation.png)")
     run.add_argument("--examples", type=int, metavar="N",
                      help="test examples for the norms and the Jacobian (default: "
                           "--jacobian-examples, 32 unless set)")
@@ -302,8 +496,9 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         f"initialization, or several separated by commas to compare them: "
         f"{', '.join(list_inits())} [default: the preset's, else eoi]")
     _find_action(parser, "--out").help = (
-        "directory for inspect.json, singular_values.png and signal_propagation.png [default: "
-        "<out of the preset/TOML, else runs>/<name>-inspect]")
+        "directory for inspect.json, singular_values.png and signal_propagation.png (with "
+        "--densities: jacobian_vs_density.png/.md/.csv) [default: <out of the preset/TOML, "
+        "else runs>/<name>-inspect]")
     try:  # `--data` alone is ambiguous (--data-root, --data-options): make it mean --dataset
         parser.add_argument("--data", dest="dataset", default=argparse.SUPPRESS,
                             help=argparse.SUPPRESS)
@@ -329,6 +524,15 @@ def _run(args: argparse.Namespace) -> int:
     if init_text is not None and args.compare_inits is not None:
         raise _UsageError("argument --compare-inits: not allowed with --init; list the inits "
                           "in one of them")
+    densities = args.densities
+    if densities is not None:
+        if hasattr(args, "density"):  # config flags are set only when typed
+            raise _UsageError("argument --densities: not allowed with --density; list every "
+                              "density in --densities")
+        try:
+            densities = _check_densities(densities)
+        except ValueError as err:
+            raise _UsageError(f"argument --densities: {err}") from None
     overrides = config_from_args(args)
     out = overrides.pop("out", None)
     config = resolve_config(args.preset, args.config, overrides)
@@ -342,7 +546,7 @@ def _run(args: argparse.Namespace) -> int:
         raise _UsageError(f"argument --examples: {args.examples} must be >= 1")
     if out is None:
         out = Path(config.out) / f"{config.name}-inspect"
-    inspect(config, inits, out=out, examples=args.examples)
+    inspect(config, inits, out=out, examples=args.examples, densities=densities)
     return 0
 
 
@@ -356,9 +560,13 @@ COMMANDS.register("inspect", Command(
                 "input-output Jacobian (mean, std, min, max, condition number). Several inits "
                 "(--init eoi,orthogonal,kaiming or --compare-inits eoi orthogonal kaiming) give "
                 "a comparison table and overlaid plots. Writes inspect.json, "
-                "singular_values.png and signal_propagation.png to --out. Training-only "
+                "singular_values.png and signal_propagation.png to --out. --densities 0.05 0.1 "
+                "0.5 1 measures every init at every density instead and gives the Jacobian "
+                "summary versus density: one table and jacobian_vs_density.png/.md/.csv. "
+                "Training-only "
                 "settings (optimizer, epochs, ...) are accepted and change nothing here; "
                 "--progress none prints nothing.",
     configure=_configure, run=_run,
     usage=f"{PROG} inspect [--preset NAME] [--config FILE.toml] [--init INIT[,INIT...] | "
-          f"--compare-inits INIT [INIT ...]] [--examples N] [--out DIR] [--KEY VALUE ...]"))
+          f"--compare-inits INIT [INIT ...]] [--density D | --densities D [D ...]] "
+          f"[--examples N] [--out DIR] [--KEY VALUE ...]"))

@@ -1,4 +1,5 @@
-"""Plots for the diagnostics: Jacobian singular-value histograms, norms versus depth.
+"""Plots for the diagnostics: Jacobian singular-value histograms, norms versus depth, spectra
+versus density.
 
 matplotlib is imported inside the functions (``pip install orthosparse[plot]``). Figures are built
 with ``matplotlib.figure.Figure`` directly, not ``pyplot``: no GUI backend, no global figure list
@@ -7,10 +8,11 @@ to leak, safe in scripts and worker processes. Pass ``path`` to save (format fro
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["plot_signal_propagation", "plot_singular_values"]
+__all__ = ["plot_jacobian_vs_density", "plot_signal_propagation", "plot_singular_values"]
 
 RecordKind = Literal["layer", "activation", "all"]
 
@@ -155,4 +157,94 @@ def plot_signal_propagation(runs: Mapping[str, Sequence[PropagationRecord]]
             ax.legend()
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _number(value: Any) -> float:
+    """A summary number as a float; None (a non-finite number after JSON) becomes NaN."""
+    return math.nan if value is None else float(value)
+
+
+def plot_jacobian_vs_density(sweep: Mapping[str, Any], path: str | Path | None = None, *,
+                             title: str | None = None, ax: Axes | None = None) -> Figure:
+    """Plot the Jacobian singular-value summary at init versus density, one curve per init.
+
+    The signal-propagation figure of `Sparser, Better, Deeper, Stronger: Improving Static Sparse
+    Training with Exact Orthogonal Initialization` - Nowak et al. (2024), arXiv 2406.01755: the
+    mean singular value of the input-output Jacobian (line) with its min-max range (shaded band)
+    for each init, density on a log x axis, singular value on a log y axis, and a dashed line at
+    ``sigma = 1`` (dynamical isometry). Minima of 0 are drawn at the bottom edge of the log axis.
+    Cells with an ``error`` (the init cannot build that density) are left out and named in the
+    legend (``"sao (n/a at 0.1)"``); other cells whose mean is not finite and positive are left
+    out with a warning.
+
+    Args:
+        sweep: ``inspect(..., densities=...)["density_sweep"]``: ``densities``, optional
+            ``inits`` (order of the curves; default: the keys of ``summary``) and ``summary``
+            ``{init: [{"density", "mean", "std", "min", "max", ...} or {"density", "error"}]}``.
+        path: save the figure there.
+        title: axes title.
+        ax: draw into this axes instead of a new figure.
+
+    Raises:
+        ValueError: no densities or no inits, a cell without a density, nothing plottable.
+
+    Example:
+        >>> result = inspect(cfg, ["eoi", "orthogonal"], densities=[0.05, 0.1, 0.5, 1.0])
+        >>> plot_jacobian_vs_density(result["density_sweep"], "jacobian_vs_density.png")
+    """
+    if not isinstance(sweep, Mapping) or not isinstance(sweep.get("summary"), Mapping):
+        raise ValueError("sweep must be a mapping with a 'summary' {init: [cells]} (the "
+                         "'density_sweep' entry of inspect(..., densities=...))")
+    summary = sweep["summary"]
+    inits = list(sweep.get("inits") or summary)
+    if not inits or not sweep.get("densities"):
+        raise ValueError("sweep has no inits or no densities: nothing to plot")
+    fig = _new_figure() if ax is None else ax.figure
+    ax = fig.axes[0] if ax is None else ax
+    plotted = 0
+    for name in inits:
+        if name not in summary:
+            raise ValueError(f"sweep['summary'] has no entry for init {name!r}")
+        cells = list(summary[name])
+        if any(not isinstance(c, Mapping) or c.get("density") is None for c in cells):
+            raise ValueError(f"sweep['summary'][{name!r}]: every cell needs a 'density'")
+        cells.sort(key=lambda c: float(c["density"]))
+        failed = [f"{float(c['density']):g}" for c in cells if c.get("error")]
+        points = []
+        for c in cells:
+            if c.get("error"):
+                continue
+            mean = _number(c.get("mean"))
+            if not (math.isfinite(mean) and mean > 0):
+                warnings.warn(f"init {name!r} at density {float(c['density']):g}: mean singular "
+                              f"value {mean} is not finite and positive; left out of the plot",
+                              stacklevel=2)
+                continue
+            points.append((float(c["density"]), mean, _number(c.get("min")),
+                           _number(c.get("max"))))
+        label = str(name) + (f" (n/a at {', '.join(failed)})" if failed else "")
+        if not points:
+            ax.plot([], [], marker="o", label=label)  # keeps the init in the legend
+            continue
+        x, mean, lo, hi = np.array(points, dtype=np.float64).T  # 4 x (points,)
+        (line,) = ax.plot(x, mean, marker="o", label=label)
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        plotted += 1
+    if not plotted:
+        raise ValueError("no init has a finite positive mean singular value at any density: "
+                         "nothing to plot")
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="isometry")
+    ax.set_xscale("log")
+    ax.set_yscale("log", nonpositive="clip")
+    densities = sorted({float(d) for d in sweep["densities"]})
+    ax.set_xticks(densities, [f"{d:g}" for d in densities])  # the measured densities only
+    from matplotlib.ticker import NullLocator  # matplotlib is importable: a figure exists
+
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("density")
+    ax.set_ylabel("Jacobian singular value at init\n(mean; band: min-max)")
+    ax.legend()
+    if title:
+        ax.set_title(title)
     return _save(fig, path)
