@@ -224,3 +224,20 @@ def test_json_round_trip_is_exact():
     cfg = resolve_config("cnn-1000", overrides={"grad_clip": 1.0, "exclude": ["head"]})
     text = json.dumps(config_to_dict(cfg))
     assert config_from_dict(json.loads(text)) == cfg
+
+
+def test_scoped_sparsify_options_apply_to_their_init_or_mask_only():
+    from orthosparse.config import check_names, sparsify_options_for
+
+    items = ["sao:fallback=true", "eoi:center_density=more", "ai:iterations=5", "x=a:b"]
+    for init, expected in [("sao", {"fallback": True, "x": "a:b"}),
+                           ("eoi", {"center_density": "more", "x": "a:b"}),
+                           ("ai", {"iterations": 5, "x": "a:b"})]:
+        cfg = resolve_config(None, None, {"init": init, "sparsify_options": items})
+        assert sparsify_options_for(cfg) == expected
+    cfg = resolve_config(None, None, {"mask": "snip", "sparsify_options": ["snip:rounds=3"]})
+    assert sparsify_options_for(cfg) == {"rounds": 3}
+    with pytest.raises(ValueError, match="scope\\(s\\) soa name no init or mask method"):
+        check_names(resolve_config(None, None, {"sparsify_options": ["soa:fallback=true"]}))
+    with pytest.raises(ValueError, match="sets 'fallback' twice"):
+        resolve_config(None, None, {"sparsify_options": ["sao:fallback=true", "fallback=false"]})

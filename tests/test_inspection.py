@@ -442,3 +442,18 @@ def test_plot_jacobian_vs_density_curves_bands_and_n_a_legend():
         plot_jacobian_vs_density({"densities": [], "summary": {"eoi": []}})
     with pytest.raises(ValueError, match=r"every cell needs a 'density'"):
         plot_jacobian_vs_density({"densities": [0.1], "summary": {"eoi": [{"mean": 1.0}]}})
+
+
+def test_scoped_sparsify_option_reaches_only_its_init(capsys, tmp_path):
+    # SAO cannot build the 64->16 first layer of this MLP without its dense fallback; EOI takes
+    # no `fallback` option. `sao:fallback=true` serves one comparison of both.
+    argv = ("inspect", "--preset", "digits", "--depth", "3", "--width", "16", "--mask",
+            "uniform", "--density", "0.25", "--examples", "8", "--progress", "none",
+            "--init", "eoi,sao", "--out", str(tmp_path))
+    code, _, err = run(capsys, *argv, "--sparsify-options", "fallback=true")
+    assert code == 2 and "unknown option 'fallback'" in err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SAO's dense-fallback warning
+        code, _, err = run(capsys, *argv, "--sparsify-options", "sao:fallback=true")
+    assert code == 0, err
+    assert set(read_json(tmp_path)["results"]) == {"eoi", "sao"}

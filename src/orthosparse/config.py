@@ -34,6 +34,7 @@ __all__ = [
     "GROUPS",
     "NOT_HASHED",
     "TrainConfig",
+    "sparsify_options_for",
     "config_fields",
     "field_type",
     "split_optional",
@@ -122,7 +123,8 @@ class TrainConfig:
                             "names", "sparsity")
     sparsify_options: list[str] = _f([], "extra options of the mask method or init scheme as "
                                      "key=value (JSON value or text), e.g. rounds=100, "
-                                     "center_density=more", "sparsity")
+                                     "center_density=more; NAME:key=value applies only when "
+                                     "the init or mask is NAME (sao:fallback=true)", "sparsity")
     # optimization
     epochs: int = _f(20, "number of training epochs", "optim")
     optimizer: Optimizer = _f("sgd", "optimizer", "optim")
@@ -397,8 +399,13 @@ def _check_ranges(cfg: TrainConfig) -> None:
         raise ValueError(f"gain={cfg.gain} must be > 0")
     if finite("bias_std") < 0:
         raise ValueError(f"bias_std={cfg.bias_std} must be >= 0")
-    for name in ("data_options", "model_options", "sparsify_options"):
+    for name in ("data_options", "model_options"):
         options_dict(getattr(cfg, name), name)
+    by_scope: dict[str | None, list[str]] = {}
+    for scope, item in _scoped(cfg.sparsify_options):
+        by_scope.setdefault(scope, []).append(item)
+    for scope, items in by_scope.items():
+        options_dict(items + (by_scope.get(None, []) if scope else []), "sparsify_options")
     if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
         raise ValueError(f"name={cfg.name!r} must be a non-empty file name without slashes")
 
@@ -428,6 +435,36 @@ def options_dict(items: Iterable[str], name: str = "options") -> dict[str, Any]:
     return out
 
 
+def _scoped(items: Iterable[str]) -> list[tuple[str | None, str]]:
+    """Split ``NAME:key=value`` into ``(NAME, "key=value")``; plain items get scope None (a
+    colon after the first ``=`` belongs to the value)."""
+    out = []
+    for item in items:
+        scope, sep, rest = item.partition(":")
+        if sep and "=" not in scope:
+            out.append((scope.strip(), rest))
+        else:
+            out.append((None, item))
+    return out
+
+
+def sparsify_options_for(cfg: TrainConfig) -> dict[str, Any]:
+    """The ``sparsify`` keyword options of ``cfg``: every plain ``key=value`` entry, and each
+    ``NAME:key=value`` entry whose NAME is ``cfg.init`` or ``cfg.mask`` (so one option list can
+    serve several inits, e.g. ``orthosparse inspect --init eoi,sao --sparsify-options
+    sao:fallback=true``).
+
+    Example:
+        >>> cfg = TrainConfig(init="eoi", sparsify_options=["sao:fallback=true",
+        ...                                                 "center_density=more"])
+        >>> sparsify_options_for(cfg)
+        {'center_density': 'more'}
+    """
+    kept = [item for scope, item in _scoped(cfg.sparsify_options)
+            if scope is None or scope in (cfg.init, cfg.mask)]
+    return options_dict(kept, "sparsify_options")
+
+
 def check_names(cfg: TrainConfig) -> None:
     """Check dataset, model, mask and init names against their registries (when importable).
 
@@ -443,6 +480,7 @@ def check_names(cfg: TrainConfig) -> None:
         ("init", "orthosparse.sparsify", ("list_inits", "list_initializations")),
         ("augment", "orthosparse.data", ("list_augmentations",)),
     )
+    scopes = {scope for scope, _ in _scoped(cfg.sparsify_options) if scope is not None}
     for name, module_name, listers in checks:
         try:
             module = importlib.import_module(module_name)
@@ -458,6 +496,11 @@ def check_names(cfg: TrainConfig) -> None:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"{name}={value!r} is not a known {name}{hint}; choose one of: "
                              f"{', '.join(valid)}")
+        if name in ("mask", "init"):
+            scopes -= set(valid)
+    if scopes:
+        raise ValueError(f"sparsify_options scope(s) {', '.join(sorted(scopes))} name no init or "
+                         f"mask method; NAME:key=value needs one of those names")
 
 
 # --------------------------------------------------------------------------- (de)serialization

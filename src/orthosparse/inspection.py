@@ -54,7 +54,14 @@ from .cli import (
     add_source_arguments,
     config_from_args,
 )
-from .config import TrainConfig, check_names, config_to_dict, options_dict, resolve_config
+from .config import (
+    TrainConfig,
+    check_names,
+    config_to_dict,
+    options_dict,
+    resolve_config,
+    sparsify_options_for,
+)
 
 __all__ = ["inspect", "OUTPUT_FILES"]
 
@@ -157,7 +164,7 @@ def _build(config: TrainConfig, splits: Any, device: torch.device) -> torch.nn.M
     sparsify(model, config.density, mask=config.mask, init=config.init, data=mask_loader,
              gain=config.gain, bias_std=config.bias_std, exclude=tuple(config.exclude),
              generator=torch.Generator().manual_seed(seed_for(config.seed, "sparsify")),
-             **options_dict(config.sparsify_options, "sparsify_options"))
+             **sparsify_options_for(config))
     return model
 
 

@@ -41,7 +41,14 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import TrainConfig, check_names, config_hash, config_to_dict, options_dict
+from .config import (
+    TrainConfig,
+    check_names,
+    config_hash,
+    config_to_dict,
+    options_dict,
+    sparsify_options_for,
+)
 from .distributed import (
     DistContext,
     all_reduce_sum,
@@ -290,7 +297,7 @@ class _Run:
             self.model, cfg.density, mask=cfg.mask, init=cfg.init, data=mask_loader,
             gain=cfg.gain, bias_std=cfg.bias_std, exclude=tuple(cfg.exclude),
             generator=torch.Generator().manual_seed(seed_for(cfg.seed, "sparsify")),
-            **options_dict(cfg.sparsify_options, "sparsify_options"),
+            **sparsify_options_for(cfg),
         )
         # One process: net is model. Several: masks checked equal on all ranks, then DDP.
         self.net, self.mask_checksum = wrap_model(self.model, self.dist)
