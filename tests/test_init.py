@@ -216,13 +216,15 @@ def test_eoi_on_cuda_matches_cpu():
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("count,threshold", [
-    (2, 0),     # rejection rounds only
-    (4, 0),     # the permutation branch (most free entries drawn)
-    (2, 40),    # independent byte picks, topped up by rejection
-    (2, 255),   # byte picks overshoot: a uniform subset is dropped
+@pytest.mark.parametrize("count,threshold,permute_up_to", [
+    (2, 0, 10**9),  # small array: a choice among the free entries
+    (4, 0, 0),      # most free entries drawn: the same choice
+    (2, 0, 0),      # rejection rounds only
+    (2, 40, 0),     # independent byte picks, topped up by rejection
+    (2, 255, 0),    # byte picks overshoot: a uniform subset is dropped
 ])
-def test_extra_positions_are_a_uniform_sample_without_replacement(monkeypatch, count, threshold):
+def test_extra_positions_are_a_uniform_sample_without_replacement(monkeypatch, count, threshold,
+                                                                  permute_up_to):
     # Every count-subset of the 6 free entries must be equally likely, whichever stages run.
     from itertools import combinations
 
@@ -231,6 +233,7 @@ def test_extra_positions_are_a_uniform_sample_without_replacement(monkeypatch, c
     from orthosparse import init
 
     monkeypatch.setattr(init, "_bernoulli_threshold", lambda count, free: threshold)
+    monkeypatch.setattr(init, "_PERMUTE_UP_TO", permute_up_to)
     base = torch.zeros(8, dtype=torch.bool)
     base[[2, 5]] = True
     free = [k for k in range(8) if not base[k]]
@@ -249,13 +252,13 @@ def test_extra_positions_large_count_exact_and_spread():
     # The byte stage runs (count >= 64): exact count, only free entries, even spread.
     from orthosparse.init import _add_free, _bernoulli_threshold
 
-    taken = torch.zeros(20000, dtype=torch.bool)
+    taken = torch.zeros(40000, dtype=torch.bool)  # above _PERMUTE_UP_TO
     taken[::7] = True
     before = taken.clone()
     assert _bernoulli_threshold(3000, int((~taken).sum())) > 0
     _add_free(taken, 3000, gen(3))
     assert int((taken & ~before).sum()) == 3000 and taken[before].all()
-    per_block = (taken & ~before).view(20, 1000).sum(dim=1).float()
-    assert per_block.min() > 100 and per_block.max() < 200  # 150 expected per block
-    with pytest.raises(AssertionError, match="cannot draw 20000 of"):
-        _add_free(taken, 20000, gen(3))
+    per_block = (taken & ~before).view(40, 1000).sum(dim=1).float()
+    assert per_block.min() > 40 and per_block.max() < 110  # 75 expected per block
+    with pytest.raises(AssertionError, match="cannot draw 40000 of"):
+        _add_free(taken, 40000, gen(3))

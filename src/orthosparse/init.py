@@ -148,33 +148,44 @@ def _bernoulli_threshold(count: int, free: int) -> int:
     return max(0, math.floor(256 * count / free * (1.0 - 4.0 / math.sqrt(count))))
 
 
+_PERMUTE_UP_TO = 1 << 14  # entries: below this a permutation of the free entries is cheapest
+
+
 def _add_free(taken: torch.Tensor, count: int, generator: torch.Generator | None,
               free: int | None = None) -> None:
     """Set ``count`` more entries of the 1-D CPU bool ``taken`` to True, chosen uniformly among
     its ``free`` False entries (a uniform sample without replacement); ``free`` is counted when
     not given.
 
-    1. For large counts every free entry is first picked independently with one probability
-       ``t/256`` (random bytes from a PCG64 stream seeded by one draw from ``generator``: a byte
-       per entry, ten times cheaper than a float draw per entry); if that overshoots (rare), a
-       uniform subset of the picks is dropped.
-    2. The rest of the count: sequential uniform draws that skip taken or already drawn entries,
-       made in vectorized rounds (a candidate is kept when it is free and the first occurrence
-       of its position in the round); when most entries are taken, a permutation of the free
-       entries instead.
+    The draws come from a PCG64 stream seeded by one draw from ``generator``. Small arrays, or
+    most free entries wanted: a uniform choice without replacement among the free entries.
+    Otherwise:
+
+    1. for large counts every free entry is first picked independently with one probability
+       ``t/256`` (random bytes: one per entry, ten times cheaper than a float draw per entry);
+       if that overshoots (rare), a uniform subset of the picks is dropped;
+    2. the rest of the count by sequential uniform draws that skip taken or already drawn
+       entries, made in vectorized rounds (a candidate is kept when it is free and the first
+       occurrence of its position in the round).
+
     Each stage treats the free entries symmetrically and the total is exactly ``count``, so
     every ``count``-subset of the free entries is equally likely.
     """
     n = taken.numel()
+    t = taken.numpy()  # shares memory with ``taken``
     if free is None:
-        free = n - int(torch.count_nonzero(taken))
+        free = n - int(np.count_nonzero(t))
     if count > free:
         raise AssertionError(f"cannot draw {count} of {free} free positions")
+    if count == 0:
+        return
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    rng = np.random.Generator(np.random.PCG64(seed))
+    if n <= _PERMUTE_UP_TO or 2 * count > free:
+        t[rng.choice(np.flatnonzero(~t), count, replace=False, shuffle=False)] = True
+        return
     threshold = _bernoulli_threshold(count, free)
     if threshold > 0:
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        rng = np.random.Generator(np.random.PCG64(seed))
-        t = taken.numpy()
         picked = rng.bit_generator.random_raw((n + 7) // 8).view(np.uint8)[:n] < threshold
         picked &= ~t
         k = int(np.count_nonzero(picked))
@@ -184,24 +195,15 @@ def _add_free(taken: torch.Tensor, count: int, generator: torch.Generator | None
             k = count
         t |= picked
         count, free = count - k, free - k
-    if count == 0:
-        return
-    if 2 * count > free:
-        positions = torch.nonzero(~taken).squeeze(1)
-        taken[positions[torch.randperm(free, generator=generator)[:count]]] = True
-        return
     while count > 0:
         m = int(count * n / free * 1.25) + 64  # expected draws for ``count`` hits, plus margin
-        cand = torch.randint(0, n, (m,), generator=generator)
-        # sort (position, draw index) keys: unique, so a plain sort is stable and deterministic
-        keys = torch.sort(cand * m + torch.arange(m)).values
-        ordered, where = keys // m, keys % m
-        first = torch.ones(m, dtype=torch.bool)
-        first[where[1:]] = ordered[1:] != ordered[:-1]
-        hits = cand[first & ~taken[cand]][:count]
-        taken[hits] = True
-        count -= hits.numel()
-        free -= hits.numel()
+        cand = rng.integers(0, n, m)
+        first = np.sort(np.unique(cand, return_index=True)[1])  # first occurrences, in order
+        hits = cand[first]
+        hits = hits[~t[hits]][:count]
+        t[hits] = True
+        count -= hits.size
+        free -= hits.size
 
 
 def eoi_(
