@@ -314,3 +314,23 @@ def test_ctrl_c_stops_cleanly_and_a_restart_finishes(tmp_path):
     result = run_sweep(path, out=out, echo=False)
     assert result.counts == {"finished": 2}
     assert "resuming" in (runs[0].run_dir / "train.log").read_text()
+
+
+def test_index_is_rewritten_as_each_run_ends(tmp_path, monkeypatch):
+    from orthosparse import sweep as sweep_module
+
+    grid = TINY_GRID.split("[[add]]")[0].replace("seed = [0, 1, 2]", "seed = [0, 1]")
+    snapshots = []
+    real = sweep_module._write_index
+
+    def spy(sweep_dir, runs):
+        rows = real(sweep_dir, runs)
+        snapshots.append(sorted(row["state"] for row in rows))
+        return rows
+
+    monkeypatch.setattr(sweep_module, "_write_index", spy)
+    result = run_sweep(write(tmp_path, grid), jobs=1, out=tmp_path / "sweeps", echo=False)
+    assert result.counts == {"finished": 2}
+    # at the start, after the first run, after the second, at the end
+    assert snapshots == [["pending", "pending"], ["finished", "pending"],
+                         ["finished", "finished"], ["finished", "finished"]]

@@ -742,6 +742,7 @@ class _Runner:
                 if job.proc.poll() is not None:
                     self.running.remove(job)
                     self.finish(job, stopping=False)
+                    _write_index(self.sweep_dir, self.runs)  # the index follows every run
             if waiting and time.time() - last_check > 1.0:
                 last_check = time.time()
                 for run in list(waiting):
