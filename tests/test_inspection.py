@@ -266,7 +266,7 @@ def test_density_sweep_writes_table_csv_png_and_matches_single_density_calls(cap
     for key in ("singular_values", "signal_propagation"):  # per-density spectra: not drawn
         assert not (tmp_path / OUTPUT_FILES[key]).exists()
     rows = read_csv(tmp_path)
-    assert list(rows[0]) == ["init", "density", *SUMMARY, "error"]
+    assert list(rows[0]) == ["init", "density", "achieved_density", *SUMMARY, "error"]
     assert [(r["init"], float(r["density"])) for r in rows] == [
         (name, d) for name in inits for d in densities]
     data = read_json(tmp_path)
@@ -286,7 +286,14 @@ def test_density_sweep_writes_table_csv_png_and_matches_single_density_calls(cap
             want = single["results"][name]["jacobian"]
             row = next(r for r in rows if r["init"] == name and float(r["density"]) == density)
             cell = sweep["summary"][name][i]
-            assert cell == {"density": density, **want}
+            layers = single["results"][name]["layers"]
+            sizes = [math.prod(layer["shape"]) for layer in layers]
+            achieved = sum(lay["density"] * n for lay, n in zip(layers, sizes, strict=True)) / sum(
+                sizes)
+            assert cell == {"density": density, "achieved_density": pytest.approx(achieved),
+                            **want}
+            assert float(row["achieved_density"]) == pytest.approx(achieved)
+            assert achieved == pytest.approx(density, rel=0.05)  # per-layer rounding only
             assert row["error"] == ""
             for key in SUMMARY:
                 got = float(row[key])
@@ -457,3 +464,20 @@ def test_scoped_sparsify_option_reaches_only_its_init(capsys, tmp_path):
         code, _, err = run(capsys, *argv, "--sparsify-options", "sao:fallback=true")
     assert code == 0, err
     assert set(read_json(tmp_path)["results"]) == {"eoi", "sao"}
+
+
+def test_sweep_flags_cells_whose_achieved_density_differs(capsys, tmp_path):
+    # SAO's dense fallback (the 64->16 first layer) lifts the achieved density above 0.3.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, out, err = run(capsys, "inspect", "--preset", "digits", "--depth", "3", "--width",
+                             "16", "--mask", "uniform", "--examples", "8", "--init", "eoi,sao",
+                             "--sparsify-options", "sao:fallback=true", "--densities", "0.25",
+                             "--out", str(tmp_path))
+    assert code == 0, err
+    cells = read_json(tmp_path)["density_sweep"]["summary"]
+    assert cells["eoi"][0]["achieved_density"] == pytest.approx(0.25, rel=0.05)
+    assert cells["sao"][0]["achieved_density"] > 0.3
+    sao_row = next(line for line in out.splitlines() if line.startswith("| sao"))
+    eoi_row = next(line for line in out.splitlines() if line.startswith("| eoi"))
+    assert re.search(r"\(density 0\.3\d*\)", sao_row) and "(density" not in eoi_row

@@ -246,9 +246,10 @@ def _plot(config: TrainConfig, spectra: dict[str, torch.Tensor], records: dict[s
 
 
 def _sweep_cell(summary: Mapping[str, float] | None, density: float,
-                error: str | None) -> dict[str, Any]:
-    """One (init, density) cell: the Jacobian summary, or None numbers and the error."""
-    cell: dict[str, Any] = {"density": density}
+                error: str | None, achieved: float | None = None) -> dict[str, Any]:
+    """One (init, density) cell: the Jacobian summary and the achieved mask density over the
+    prunable layers, or None numbers and the error."""
+    cell: dict[str, Any] = {"density": density, "achieved_density": achieved}
     cell.update({k: None if summary is None else summary[k] for k in _SUMMARY_KEYS})
     if error is not None:
         cell["error"] = error
@@ -258,8 +259,18 @@ def _sweep_cell(summary: Mapping[str, float] | None, density: float,
 def _fmt_cell(cell: Mapping[str, Any]) -> str:
     if cell.get("error") is not None:
         return "n/a"
-    return (f"{cell['mean']:.4g} ± {cell['std']:.2g} [{cell['min']:.4g}, "
-            f"{cell['max']:.4g}]")
+    text = f"{cell['mean']:.4g} ± {cell['std']:.2g} [{cell['min']:.4g}, {cell['max']:.4g}]"
+    achieved = cell.get("achieved_density")
+    if achieved is not None and abs(achieved - cell["density"]) > 0.1 * cell["density"]:
+        text += f" (density {achieved:.3g})"  # e.g. SAO's dense fallback layers
+    return text
+
+
+def _achieved_density(report: Any) -> float:
+    """Mask density over all measured layers, weighted by their sizes."""
+    sizes = [math.prod(layer.shape) for layer in report.layers]
+    return sum(layer.density * n for layer, n in zip(report.layers, sizes, strict=True)) / sum(
+        sizes)
 
 
 def _sweep_table(sweep: Mapping[str, Any], heading: str) -> str:
@@ -276,6 +287,10 @@ def _sweep_table(sweep: Mapping[str, Any], heading: str) -> str:
     rule = "|" + "|".join(":" + "-" * (w + 1) if j == 0 else "-" * (w + 1) + ":"
                           for j, w in enumerate(widths)) + "|"
     lines = [heading, "", line(rows[0]), rule, *(line(r) for r in rows[1:])]
+    if any("(density " in cell for row in rows[1:] for cell in row):
+        lines += ["", "(density x): the achieved mask density differs from the column's by more "
+                      "than 10% (layers an init could not build at that density were left "
+                      "dense, e.g. SAO with fallback=true)"]
     failed = [(name, c) for name in sweep["inits"] for c in summary[name]
               if c.get("error") is not None]
     if failed:
@@ -288,10 +303,12 @@ def _write_sweep_csv(sweep: Mapping[str, Any], path: Path) -> None:
     """One row per (init, density): the summary numbers, or empty numbers and the error."""
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["init", "density", *_SUMMARY_KEYS, "error"])
+        writer.writerow(["init", "density", "achieved_density", *_SUMMARY_KEYS, "error"])
         for name in sweep["inits"]:
             for c in sweep["summary"][name]:
+                achieved = c.get("achieved_density")
                 writer.writerow([name, repr(c["density"]),
+                                 "" if achieved is None else repr(float(achieved)),
                                  *("" if c[k] is None else repr(float(c[k]))
                                    for k in _SUMMARY_KEYS), c.get("error") or ""])
 
@@ -432,7 +449,8 @@ def _sweep(config: TrainConfig, names: list[str], densities: list[float], splits
                 echo(f"density {density:g}, init {name}: n/a ({err})")
                 continue
             results[name] = _entry(report, sv)
-            cell = _sweep_cell(summarize_singular_values(sv), density, None)
+            cell = _sweep_cell(summarize_singular_values(sv), density, None,
+                               _achieved_density(report))
             summary[name].append(cell)
             echo(f"density {density:g}, init {name}: Jacobian singular values {_fmt_cell(cell)}")
         per_density.append(results)
