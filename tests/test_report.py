@@ -157,6 +157,9 @@ def test_a_real_run_directory_reports_its_curves_and_jacobian(tmp_path, capsys):
     assert out.startswith(f"| runs | test_acc |\n|---|---|\n| all | **{acc:.2f}** |\n")
     md = (result.run_dir / "report" / "report.md").read_text()
     assert "## Jacobian singular values at initialization" in md
+    jac = result.final["jacobian_init"]
+    assert (f"| runs | singular values at init |\n|---|---|\n| all | {jac['mean']:.3g} "
+            f"[{jac['min']:.3g}, {jac['max']:.3g}] |") in md
     assert (result.run_dir / "report" / "jacobian.png").is_file()
     figs = plot_jacobian(collect_runs(result.run_dir))
     (line,) = [ln for a in figs[0].axes for ln in a.lines]

@@ -624,7 +624,9 @@ def _jacobian_table(table: ResultsTable) -> str | None:
     """Same layout as ``table``: mean singular value at init [mean min, mean max] over seeds."""
     if not any(_jac(r, "mean") is not None for c in table.cells.values() for r in c.runs):
         return None
-    head = [*(table.row_fields or ["runs"]), *(table.col_label(c) for c in table.cols)]
+    head = [*(table.row_fields or ["runs"]),
+            *(table.col_label(c) if table.col_fields else "singular values at init"
+              for c in table.cols)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.rows:
         texts = []
