@@ -29,7 +29,7 @@ JAC = {"eoi": {"mean": 1.0, "std": 0.01, "min": 0.99, "max": 1.01},
 
 
 def make_run(root: Path, init: str, density: float, seed: int, state: str = "finished",
-             acc: float | None = None) -> Path:
+             acc: float | None = None, achieved: float | None = None) -> Path:
     cfg = TrainConfig(init=init, density=density, seed=seed, out=str(root / "runs"), name="r")
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True)
@@ -42,7 +42,8 @@ def make_run(root: Path, init: str, density: float, seed: int, state: str = "fin
         json.dumps({"epoch": e + 1, "train_loss": loss}) + "\n" for e, loss in enumerate(losses)))
     (run_dir / "final.json").write_text(json.dumps({
         "status": state, "test_acc": acc, "config_hash": config_hash(cfg),
-        "jacobian_init": JAC[init]}))
+        "jacobian_init": JAC.get(init),
+        "density_nonzero": density if achieved is None else achieved}))
     return run_dir
 
 
@@ -191,3 +192,20 @@ def test_bad_input_is_named(tmp_path, sweep_dir):
         results_table(records, rows=["inits"])
     with pytest.raises(ValueError, match="no runs to tabulate"):
         results_table([])
+
+
+def test_cells_off_their_density_are_flagged_and_never_bold(tmp_path):
+    # SAO with dense fallback layers reaches 0.63 instead of 0.05: its accuracy must not be
+    # presented as a density-0.05 result.
+    for seed, acc in enumerate([0.90, 0.92]):
+        make_run(tmp_path, "eoi", 0.05, seed, acc=acc)
+        make_run(tmp_path, "sao", 0.05, seed, acc=acc + 0.04, achieved=0.633)
+        make_run(tmp_path, "ai", 0.05, seed, acc=acc - 0.01, achieved=0.052)  # rounding only
+    table = results_table(collect_runs(tmp_path), rows=["init"], cols=["density"])
+    col = table.cols[0]
+    assert table.cell_text(("sao",), col) == "95.00 ± 1.41 (density 0.633)"
+    assert table.cell_text(("eoi",), col) == "**91.00 ± 1.41**"
+    assert table.cell_text(("ai",), col) == "90.00 ± 1.41"
+    assert table.best(col) == pytest.approx(0.91)
+    md = report(tmp_path, plots=False).markdown
+    assert "(density x): the runs' achieved mask density" in md

@@ -194,6 +194,20 @@ class Cell:
         return statistics.fmean(self.values) if self.values else None
 
     @property
+    def off_density(self) -> float | None:
+        """The mean achieved mask density (``final.json`` ``density_nonzero``) when it differs
+        from the configured density by more than 10% (e.g. SAO's dense fallback layers), else
+        None."""
+        pairs = [(r.final["density_nonzero"], r.config["density"]) for r in self.runs
+                 if r.final.get("density_nonzero") is not None
+                 and isinstance(r.config.get("density"), (int, float))]
+        if not pairs:
+            return None
+        achieved = statistics.fmean(a for a, _ in pairs)
+        wanted = statistics.fmean(w for _, w in pairs)
+        return achieved if abs(achieved - wanted) > 0.1 * wanted else None
+
+    @property
     def std(self) -> float | None:
         """Sample standard deviation over seeds (``None`` below two runs)."""
         return statistics.stdev(self.values) if self.n >= 2 else None
@@ -222,8 +236,9 @@ class ResultsTable:
         return METRICS.get(self.metric, True)
 
     def best(self, col: tuple[str, ...]) -> float | None:
-        """The best mean of column ``col``."""
-        means = [c.mean for (_, k), c in self.cells.items() if k == col and c.mean is not None]
+        """The best mean of column ``col`` among the cells at their configured density."""
+        means = [c.mean for (_, k), c in self.cells.items()
+                 if k == col and c.mean is not None and c.off_density is None]
         if not means:
             return None
         return max(means) if self.higher_is_better else min(means)
@@ -253,6 +268,8 @@ class ResultsTable:
             notes.append(f"{cell.diverged} diverged")
         if cell.missing:
             notes.append(f"{cell.missing} without result")
+        if cell.off_density is not None:
+            notes.append(f"density {cell.off_density:.3g}")
         return text + (f" ({', '.join(notes)})" if notes else "")
 
     def col_label(self, col: tuple[str, ...]) -> str:
@@ -683,6 +700,10 @@ def _markdown(path: Path, out_dir: Path, records: Sequence[RunRecord], table: Re
            if any(f not in table.row_fields + table.col_fields for f in varying) else "")
         + ".", "", table.to_markdown(),
     ]
+    if any(c.off_density is not None for c in table.cells.values()):
+        lines += ["(density x): the runs' achieved mask density (`density_nonzero`) differs from "
+                  "the configured one by more than 10%, e.g. layers SAO cannot build left dense "
+                  "by `fallback=true`; such cells are never bold.", ""]
     jac = _jacobian_table(table)
     if jac is not None:
         lines += ["## Jacobian singular values at initialization", "",
