@@ -92,12 +92,13 @@ def test_density_is_the_closer_of_the_two_candidate_steps(scan, rows, cols, dens
 
 @pytest.fixture(params=["sequential+dense", "sequential+segments", "bitset+segments"])
 def scan(request, monkeypatch):
-    """Run a test with each support scan (Python-int sequential for small problems, bitset
-    passes) and each rotation pass (dense layer-wise for small problems, 8-row segments)."""
+    """Run a test with each path: the Python-int sequential scan (small problems) or the bitset
+    support pass, then dense layer-wise rotations (small problems) or 8-row segment passes."""
+    dense = request.param.endswith("dense")
+    monkeypatch.setattr(givens, "_DENSE_ROWS_UP_TO", 10**9 if dense else 0)
+    monkeypatch.setattr(givens, "_DENSE_MULTITHREAD_UP_TO", 10**18 if dense else 0)
     monkeypatch.setattr(givens, "_SEQUENTIAL_UP_TO", 0 if request.param.startswith("bitset")
                         else 10**9)
-    monkeypatch.setattr(givens, "_DENSE_ROWS_UP_TO", 10**9 if request.param.endswith("dense")
-                        else 0)
     return request.param
 
 
@@ -123,11 +124,9 @@ def test_fast_path_equals_one_rotation_at_a_time_oracle(scan, rows, cols, densit
             torch.testing.assert_close(w32.double(), w_ref, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("matmul_up_to", [0, 10**9])  # elementwise layers / stacked 2x2 matmuls
-def test_dense_rotation_pass_both_kernels_equal_the_oracle(monkeypatch, matmul_up_to):
-    monkeypatch.setattr(givens, "_SEQUENTIAL_UP_TO", 10**9)
+def test_dense_path_on_many_matrices_equals_the_oracle(monkeypatch):
     monkeypatch.setattr(givens, "_DENSE_ROWS_UP_TO", 10**9)
-    monkeypatch.setattr(givens, "_MATMUL_PAIRS_UP_TO", matmul_up_to)
+    monkeypatch.setattr(givens, "_DENSE_MULTITHREAD_UP_TO", 10**18)
     for seed in range(3):
         w, m = sparse_orthogonal(40, 24, 0.3, generator=gen(seed), dtype=torch.float64, batch=8)
         w_ref, m_ref = reference_sparse_orthogonal(40, 24, 0.3, generator=gen(seed), batch=8)
@@ -256,7 +255,8 @@ def test_cpu_and_cuda_agree(rows, cols, density):
 def test_device_passes_equal_cpu_passes(monkeypatch, rows, cols, density, batch):
     # CUDA runs the torch passes (and the SWAR popcount); check them here on the CPU.
     ref = sparse_orthogonal(rows, cols, density, generator=gen(6), batch=batch)
-    monkeypatch.setattr(givens, "_SEQUENTIAL_UP_TO", 0)  # the bitset support pass too
+    monkeypatch.setattr(givens, "_DENSE_ROWS_UP_TO", 0)  # the segment passes
+    monkeypatch.setattr(givens, "_SEQUENTIAL_UP_TO", 0)  # and the bitset support pass
     monkeypatch.setattr(givens, "_FORCE_TORCH_PASSES", True)
     monkeypatch.setattr(givens, "_popcount_rows", givens._popcount_rows_swar)
     out = sparse_orthogonal(rows, cols, density, generator=gen(6), batch=batch)
@@ -279,3 +279,12 @@ def test_schedule_levels_equal_the_sequential_definition(batch, n, c):
         for lv in np.unique(level[b]):  # a layer touches every column at most once
             touched = np.concatenate([i[b][level[b] == lv], j[b][level[b] == lv]])
             assert len(np.unique(touched)) == touched.size
+
+
+def test_path_choice_follows_size_and_threads(monkeypatch):
+    assert givens._dense_path(1, 128, 128) and givens._dense_path(1, 1024, 1024)
+    assert not givens._dense_path(1, 2048, 2048)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert not givens._dense_path(1000, 128, 128)  # large batch, threads: segment passes
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert givens._dense_path(1000, 128, 128)

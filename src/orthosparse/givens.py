@@ -35,6 +35,10 @@ Two implementations share one random stream (:class:`_Draws`) and therefore give
   3. *Application.* Only the chosen prefix is applied to the values; rotations of two still-empty
      columns are no-ops and are dropped.
   Many same-shape matrices (``batch``) are stacked along the column axis and scheduled together.
+  4. *Small problems* (up to ``_DENSE_ROWS_UP_TO`` rows, see :func:`_dense_path`) skip steps 1-2:
+     one sequential scan per matrix with Python integers as bitsets finds the stop, each kept
+     rotation's layer and the final support, and each layer is one stacked 2x2 matmul on the
+     dense values; every array call costs microseconds, and this path makes the fewest.
 
 Density growth (used to size the random draws). Each row's support size ``K`` is a Markov chain:
 start at 1; a rotation grows it by one iff exactly one of its columns is in the row's support,
@@ -435,11 +439,12 @@ def _build(rows, cols, density, gain, dtype, generator, device, batch):
     r, c = min(rows, cols), max(rows, cols)
     need = density * r * c
     draws = _Draws(n_mat, c, density, generator)
-    if n_mat * c <= _SEQUENTIAL_UP_TO:
+    if _dense_path(n_mat, r, c):
         gi, gj, theta, level, support = _scan_sequential(n_mat, r, c, need, draws)
-        if r <= _DENSE_ROWS_UP_TO:
-            return _rotate_dense(rows, cols, gain, dtype, device, n_mat, gi, gj, theta, level,
-                                 support)
+        return _rotate_dense(rows, cols, gain, dtype, device, n_mat, gi, gj, theta, level,
+                             support)
+    if n_mat * c <= _SEQUENTIAL_UP_TO:
+        gi, gj, theta, level, _ = _scan_sequential(n_mat, r, c, need, draws)
     else:
         gi, gj, theta, level = _kept_rotations(n_mat, r, c, need, draws, device)
     order, bounds = _layer_order(level)
@@ -485,16 +490,25 @@ def _kept_rotations(n_mat, r, c, need, draws, device):
     return gi, gj, theta, level
 
 
-# Small problems (measured with benchmarks/init_cost.py on 2 cores): the sequential scan beats
-# the bitset support pass up to about 4096 columns in all (3-7x at 128..512), and dense
-# layer-wise rotations beat the segment passes up to about 512 rows.
+# Path choice, measured with benchmarks/init_cost.py (one thread) and eoi_speed.py (two):
+# - up to 1024 rows the sequential scan with dense layer-wise rotations (numpy, one thread) beats
+#   the bitset and segment passes (128x128 2x, 1024x1024 1.6x, 1000 x 128x128 1.2x on one
+#   thread), except for large batches when torch has several threads for the segment passes;
+# - above that the segment passes win, after the sequential scan up to 4096 columns in all.
+_DENSE_ROWS_UP_TO = 1024  # r
+_DENSE_MULTITHREAD_UP_TO = 1 << 22  # batch * r * c: above it, several threads favour segments
 _SEQUENTIAL_UP_TO = 4096  # batch * c
-_DENSE_ROWS_UP_TO = 512  # r
-_MATMUL_PAIRS_UP_TO = 64  # rotations in one layer
+
+
+def _dense_path(n_mat: int, r: int, c: int) -> bool:
+    """Whether :func:`_build` takes the sequential scan and dense rotations."""
+    if r > _DENSE_ROWS_UP_TO:
+        return False
+    return n_mat * r * c <= _DENSE_MULTITHREAD_UP_TO or torch.get_num_threads() == 1
 
 
 def _rotate_dense(rows, cols, gain, dtype, device, n_mat, gi, gj, theta, level, support):
-    """:func:`_build`'s rotation pass for small problems: dense layer-wise rotations.
+    """:func:`_build` for up to ``_DENSE_ROWS_UP_TO`` rows: dense layer-wise rotations.
 
     Every array call costs microseconds whatever its size, so small matrices are built with as
     few of them as possible: each layer of the kept rotations (from :func:`_scan_sequential`,
@@ -507,18 +521,12 @@ def _rotate_dense(rows, cols, gain, dtype, device, n_mat, gi, gj, theta, level, 
     pairs = np.stack([gi[order], gj[order]], axis=1)  # (T, 2): the two columns of each rotation
     cos, sin = np.cos(theta[order]), np.sin(theta[order])
     rot = np.stack([cos, sin, -sin, cos], axis=1).astype(np_dtype).reshape(-1, 2, 2)
-    same = np.stack([cos, cos], axis=1).astype(np_dtype)[:, :, None]  # (T, 2, 1)
-    swap = np.stack([sin, -sin], axis=1).astype(np_dtype)[:, :, None]  # (T, 2, 1)
     values = np.zeros((n_mat * c, r), dtype=np_dtype)  # rows of A^T, matrix after matrix
     diag = np.arange(r)
     values.reshape(n_mat, c, r)[:, diag, diag] = gain
     for lo, hi in bounds:  # [x; y] <- [[cos, sin], [-sin, cos]] @ [x; y] for every pair
         p = pairs[lo:hi]
-        xy = values[p]  # (k, 2, r)
-        if hi - lo <= _MATMUL_PAIRS_UP_TO:  # a stacked matmul loops over pairs: few pairs only
-            values[p] = np.matmul(rot[lo:hi], xy)
-        else:  # [cos x + sin y, cos y - sin x] elementwise
-            values[p] = xy * same[lo:hi] + xy[:, ::-1] * swap[lo:hi]
+        values[p] = np.matmul(rot[lo:hi], values[p])  # (k, 2, 2) @ (k, 2, r)
     mask = np.unpackbits(support, axis=1, count=r, bitorder="little").view(bool)
     values = torch.from_numpy(values).view(n_mat, c, r).to(device)
     mask = torch.from_numpy(mask).view(n_mat, c, r).to(device)
