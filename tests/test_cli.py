@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-from orthosparse.cli import main
 from orthosparse.config import config_fields, resolve_config
 from orthosparse.presets import list_presets
 
@@ -21,33 +20,24 @@ TINY_FLAGS = [
 ]
 
 
-def run(capsys, *argv):
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
-
-def test_no_arguments_prints_help_and_suggests_the_demo(capsys):
-    code, out, _ = run(capsys)
+def test_no_arguments_prints_help_and_suggests_the_demo(cli, capsys):
+    code, out, _ = cli()
     assert code == 0
     assert "Try `orthosparse demo`" in out
     for command in ("train", "demo", "presets"):
         assert command in out
 
 
-def test_train_help_documents_every_config_field(capsys):
-    code, out, _ = run(capsys, "train", "--help")
+def test_train_help_documents_every_config_field(cli, capsys):
+    code, out, _ = cli("train", "--help")
     assert code == 0
     for f in config_fields():
         assert f"--{f.name.replace('_', '-')}" in out, f.name
     assert "fraction of the training set held out for validation" in out
     assert "--preset" in out and "--resume" in out and "--config" in out
     for sub in ("demo", "presets"):
-        assert run(capsys, sub, "--help")[0] == 0
+        assert cli(sub, "--help")[0] == 0
 
 
 def test_module_entry_point_runs():
@@ -58,10 +48,10 @@ def test_module_entry_point_runs():
     assert all(name in proc.stdout for name in list_presets())
 
 
-def test_presets_listing_and_toml_output(capsys, tmp_path):
-    code, out, _ = run(capsys, "presets")
+def test_presets_listing_and_toml_output(cli, capsys, tmp_path):
+    code, out, _ = cli("presets")
     assert code == 0 and [line.split()[0] for line in out.splitlines()] == list_presets()
-    code, out, _ = run(capsys, "presets", "mlp-1000")
+    code, out, _ = cli("presets", "mlp-1000")
     assert code == 0 and "depth = 1000" in out and "gain = 1.0247" in out
     path = tmp_path / "p.toml"
     path.write_text(out)
@@ -87,14 +77,14 @@ def test_presets_listing_and_toml_output(capsys, tmp_path):
     (["train", "--resume", "nowhere"], "argument --resume: 'nowhere' is not a run directory"),
     (["train", "--stop-after", "0", "--epochs", "1"], "argument --stop-after: 0 must be >= 1"),
 ])
-def test_bad_flags_exit_2_naming_the_flag(capsys, argv, message):
-    code, _, err = run(capsys, *argv)
+def test_bad_flags_exit_2_naming_the_flag(cli, capsys, argv, message):
+    code, _, err = cli(*argv)
     assert code == 2
     assert re.search(message, err), err
 
 
-def test_dry_run_prints_the_resolved_config(capsys, tmp_path):
-    code, out, _ = run(capsys, "train", "--preset", "vgg16", "--density", "0.05", "--out",
+def test_dry_run_prints_the_resolved_config(cli, capsys, tmp_path):
+    code, out, _ = cli("train", "--preset", "vgg16", "--density", "0.05", "--out",
                        str(tmp_path), "--dry-run")
     assert code == 0
     cfg = resolve_config("vgg16", overrides={"density": 0.05, "out": str(tmp_path)})
@@ -103,34 +93,34 @@ def test_dry_run_prints_the_resolved_config(capsys, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_train_smoke_rerun_and_resume(capsys, tmp_path):
-    code, out, _ = run(capsys, "train", *TINY_FLAGS, "--out", str(tmp_path / "a"))
+def test_train_smoke_rerun_and_resume(cli, capsys, tmp_path):
+    code, out, _ = cli("train", *TINY_FLAGS, "--out", str(tmp_path / "a"))
     assert code == 0 and "epoch 2/2" in out
     (run_dir,) = (tmp_path / "a").iterdir()
     final = json.loads((run_dir / "final.json").read_text())
     assert final["status"] == "finished"
-    code, out, _ = run(capsys, "train", *TINY_FLAGS, "--out", str(tmp_path / "a"))
+    code, out, _ = cli("train", *TINY_FLAGS, "--out", str(tmp_path / "a"))
     assert code == 0 and "already finished; not trained again" in out
 
     # stop after the first epoch (4 steps), then resume from the run directory
-    code, out, _ = run(capsys, "train", *TINY_FLAGS, "--out", str(tmp_path / "b"),
+    code, out, _ = cli("train", *TINY_FLAGS, "--out", str(tmp_path / "b"),
                        "--stop-after", "4")
     assert code == 0 and "stopped after 4 steps" in out
     (split_dir,) = (tmp_path / "b").iterdir()
-    code, _, err = run(capsys, "train", *TINY_FLAGS, "--out", str(tmp_path / "b"))
+    code, _, err = cli("train", *TINY_FLAGS, "--out", str(tmp_path / "b"))
     assert code == 2 and "holds an unfinished run; pass --resume" in err
-    code, out, _ = run(capsys, "train", "--resume", str(split_dir))
+    code, out, _ = cli("train", "--resume", str(split_dir))
     assert code == 0 and "resuming" in out
     resumed = json.loads((split_dir / "final.json").read_text())
     assert resumed["test_acc"] == final["test_acc"] and resumed["test_loss"] == final["test_loss"]
 
 
-def test_toml_config_file_with_overrides(capsys, tmp_path):
+def test_toml_config_file_with_overrides(cli, capsys, tmp_path):
     path = tmp_path / "exp.toml"
     path.write_text('[data]\ndataset = "synthetic"\ndata_options = ["input_shape=[1,4,4]", '
                     '"train_size=32", "test_size=8"]\n[model]\ndepth = 2\nwidth = 8\n'
                     '[run]\nname = "exp"\ndevice = "cpu"\nprogress = "none"\n')
-    code, _, err = run(capsys, "train", "--config", str(path), "--epochs", "1", "--out",
+    code, _, err = cli("train", "--config", str(path), "--epochs", "1", "--out",
                        str(tmp_path / "runs"))
     assert code == 0, err
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -139,8 +129,8 @@ def test_toml_config_file_with_overrides(capsys, tmp_path):
     assert saved["epochs"] == 1 and saved["depth"] == 2 and saved["dataset"] == "synthetic"
 
 
-def test_demo_smoke(capsys, tmp_path):
-    code, out, _ = run(capsys, "demo", "--depth", "4", "--width", "16", "--epochs", "1",
+def test_demo_smoke(cli, capsys, tmp_path):
+    code, out, _ = cli("demo", "--depth", "4", "--width", "16", "--epochs", "1",
                        "--out", str(tmp_path), "--inits", "eoi", "kaiming")
     assert code == 0
     assert "init" in out and "test acc" in out and "eoi" in out and "kaiming" in out

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from orthosparse.cli import main
 from orthosparse.config import config_fields, resolve_config
 from orthosparse.inspection import OUTPUT_FILES, inspect
 from orthosparse.plotting import plot_jacobian_vs_density
@@ -42,15 +41,6 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
-
-def run(capsys, *argv):
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def read_json(out_dir):
@@ -82,8 +72,8 @@ def cell_text(mean, std, lo, hi):
     return f"{mean:.4g} ± {std:.2g} [{lo:.4g}, {hi:.4g}]"
 
 
-def test_one_init_prints_the_layer_table_and_writes_plots_and_json(capsys, tmp_path):
-    code, out, err = run(capsys, "inspect", *TINY, "--init", "eoi", "--out", str(tmp_path))
+def test_one_init_prints_the_layer_table_and_writes_plots_and_json(cli, capsys, tmp_path):
+    code, out, err = cli("inspect", *TINY, "--init", "eoi", "--out", str(tmp_path))
     assert code == 0, err
     assert "== init eoi: mlp on digits, density 0.25" in out
     for name in LAYERS:
@@ -115,9 +105,9 @@ def test_one_init_prints_the_layer_table_and_writes_plots_and_json(capsys, tmp_p
     assert not (tmp_path / OUTPUT_FILES["jacobian_vs_density"]).exists()
 
 
-def test_three_inits_print_one_comparison_table_either_spelling(capsys, tmp_path):
+def test_three_inits_print_one_comparison_table_either_spelling(cli, capsys, tmp_path):
     inits = ["eoi", "orthogonal", "kaiming"]
-    code, out, err = run(capsys, "inspect", *TINY, "--init", ",".join(inits),
+    code, out, err = cli("inspect", *TINY, "--init", ",".join(inits),
                          "--out", str(tmp_path / "a"))
     assert code == 0, err
     for name in inits:
@@ -133,20 +123,20 @@ def test_three_inits_print_one_comparison_table_either_spelling(capsys, tmp_path
             for name in inits}
     assert orth["eoi"] < 1e-5 and orth["orthogonal"] > 0.1 and orth["kaiming"] > 0.1
 
-    code, _, err = run(capsys, "inspect", *TINY, "--compare-inits", *inits,
+    code, _, err = cli("inspect", *TINY, "--compare-inits", *inits,
                        "--out", str(tmp_path / "b"))
     assert code == 0, err
     second = read_json(tmp_path / "b")
     assert second["results"] == first["results"]  # same seeds: the very same numbers
 
 
-def test_eoi_deep_linear_mlp_has_all_singular_values_gain_to_the_depth(capsys, tmp_path):
+def test_eoi_deep_linear_mlp_has_all_singular_values_gain_to_the_depth(cli, capsys, tmp_path):
     # Linear activations: J = W_20 ... W_1 does not depend on x. Widths 64 -> 16 -> ... -> 10
     # never grow nor fall below the 10 outputs, and each EOI layer has orthonormal rows times
     # gain, so J J^T = gain^40 I_10: every singular value is gain^20.
     depth, gain = 20, 1.1
     expected = gain**depth  # 6.7275
-    code, _, err = run(capsys, "inspect", "--data", "digits", "--model", "mlp",
+    code, _, err = cli("inspect", "--data", "digits", "--model", "mlp",
                        "--depth", str(depth), "--width", "16", "--activation", "linear",
                        "--density", "0.25", "--mask", "uniform", "--gain", str(gain),
                        "--device", "cpu", "--examples", "4", "--init", "eoi,kaiming",
@@ -183,9 +173,9 @@ def test_python_function_matches_the_jacobian_training_records_at_init(tmp_path)
     assert not (tmp_path / OUTPUT_FILES["json"]).exists()
 
 
-def test_default_out_dir_and_quiet_progress(capsys, tmp_path, monkeypatch):
+def test_default_out_dir_and_quiet_progress(cli, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, "inspect", *TINY, "--progress", "none", "--name", "tiny")
+    code, out, err = cli("inspect", *TINY, "--progress", "none", "--name", "tiny")
     assert code == 0, err
     assert out == ""
     assert (tmp_path / "runs" / "tiny-inspect" / OUTPUT_FILES["json"]).is_file()
@@ -203,8 +193,8 @@ def test_more_examples_than_the_test_split_warns_and_uses_all(tmp_path):
     assert np.array(result["results"]["eoi"]["singular_values"]).shape == (5, 3)
 
 
-def test_help_lists_config_flags_and_the_training_jacobian_flag(capsys):
-    code, out, _ = run(capsys, "inspect", "--help")
+def test_help_lists_config_flags_and_the_training_jacobian_flag(cli, capsys):
+    code, out, _ = cli("inspect", "--help")
     assert code == 0
     for f in config_fields():
         assert f"--{f.name.replace('_', '-')}" in out, f.name
@@ -215,7 +205,7 @@ def test_help_lists_config_flags_and_the_training_jacobian_flag(capsys):
     assert "[--density D | --densities D [D ...]]" in text
     assert "orthosparse train --jacobian epoch" in text
     assert "several separated by commas" in text
-    code, out, _ = run(capsys)
+    code, out, _ = cli()
     assert "inspect" in out
 
 
@@ -232,8 +222,8 @@ def test_help_lists_config_flags_and_the_training_jacobian_flag(capsys):
     (["--examples", "0"], r"argument --examples: 0 must be >= 1"),
     (["--mask", "nope"], r"mask='nope' is not a known mask"),
 ])
-def test_bad_values_exit_2_naming_them(capsys, tmp_path, argv, message):
-    code, out, err = run(capsys, "inspect", *TINY, *argv, "--out", str(tmp_path))
+def test_bad_values_exit_2_naming_them(cli, capsys, tmp_path, argv, message):
+    code, out, err = cli("inspect", *TINY, *argv, "--out", str(tmp_path))
     assert code == 2
     assert re.search(message, err), err
     assert not (tmp_path / OUTPUT_FILES["json"]).exists()
@@ -257,9 +247,9 @@ def test_python_errors():
 # --------------------------------------------------------------------------- density sweeps
 
 
-def test_density_sweep_writes_table_csv_png_and_matches_single_density_calls(capsys, tmp_path):
+def test_density_sweep_writes_table_csv_png_and_matches_single_density_calls(cli, capsys, tmp_path):
     inits, densities = ["eoi", "orthogonal"], [0.1, 0.3, 0.6]
-    code, out, err = run(capsys, "inspect", *SWEEP, "--init", ",".join(inits),
+    code, out, err = cli("inspect", *SWEEP, "--init", ",".join(inits),
                          "--densities", *map(str, densities), "--out", str(tmp_path))
     assert code == 0, err
     check_pngs(tmp_path, keys=("jacobian_vs_density",))
@@ -303,7 +293,7 @@ def test_density_sweep_writes_table_csv_png_and_matches_single_density_calls(cap
     assert data["results"] == sweep["results"][-1]  # `results`: the last density
 
 
-def test_eoi_is_isometric_at_every_density_while_masked_orthogonal_collapses(capsys, tmp_path):
+def test_eoi_is_isometric_at_every_density_while_masked_orthogonal_collapses(cli, capsys, tmp_path):
     # Linear activations, widths 64 -> 16 -> ... -> 10: each EOI layer has orthonormal rows
     # times gain at any density, so J J^T = gain^(2 depth) I_10 and every singular value is
     # gain^depth. Dense orthogonal masked at density 0.1 keeps ~1.6 weights per row of a 16 x 16
@@ -311,7 +301,7 @@ def test_eoi_is_isometric_at_every_density_while_masked_orthogonal_collapses(cap
     # at density 1 the mask keeps everything and it is exactly orthogonal again.
     depth, gain, densities = 8, 1.1, [0.1, 0.3, 1.0]
     expected = gain**depth  # 2.1436
-    code, _, err = run(capsys, "inspect", *SWEEP, "--depth", str(depth), "--activation",
+    code, _, err = cli("inspect", *SWEEP, "--depth", str(depth), "--activation",
                        "linear", "--gain", str(gain), "--examples", "4",
                        "--init", "eoi,orthogonal", "--densities", *map(str, densities),
                        "--progress", "none", "--out", str(tmp_path))
@@ -332,10 +322,10 @@ def test_eoi_is_isometric_at_every_density_while_masked_orthogonal_collapses(cap
     assert orth[2]["max"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_a_density_an_init_cannot_build_is_n_a_with_its_error(capsys, tmp_path):
+def test_a_density_an_init_cannot_build_is_n_a_with_its_error(cli, capsys, tmp_path):
     # SAO on a uniform mask: density 0.25 of the 10 x 16 head needs degree 4 (possible: 8, 16);
     # at 0.5 every layer is buildable (degrees 32/64, 8/16, 8/16).
-    code, out, err = run(capsys, "inspect", *SWEEP, "--init", "eoi,sao",
+    code, out, err = cli("inspect", *SWEEP, "--init", "eoi,sao",
                          "--densities", "0.25", "0.5", "--out", str(tmp_path))
     assert code == 0, err
     printed = table_rows(out)
@@ -386,8 +376,8 @@ def test_sweep_with_no_buildable_cell_raises_and_other_errors_propagate(monkeypa
     (["--densities", "sparse"], r"argument --densities: invalid float value: 'sparse'"),
     (["--densities"], r"argument --densities: expected at least one argument"),
 ])
-def test_bad_densities_exit_2_naming_them(capsys, tmp_path, argv, message):
-    code, _, err = run(capsys, "inspect", *SWEEP, *argv, "--out", str(tmp_path))
+def test_bad_densities_exit_2_naming_them(cli, capsys, tmp_path, argv, message):
+    code, _, err = cli("inspect", *SWEEP, *argv, "--out", str(tmp_path))
     assert code == 2
     assert re.search(message, err), err
     assert not (tmp_path / OUTPUT_FILES["json"]).exists()
@@ -451,26 +441,26 @@ def test_plot_jacobian_vs_density_curves_bands_and_n_a_legend():
         plot_jacobian_vs_density({"densities": [0.1], "summary": {"eoi": [{"mean": 1.0}]}})
 
 
-def test_scoped_sparsify_option_reaches_only_its_init(capsys, tmp_path):
+def test_scoped_sparsify_option_reaches_only_its_init(cli, capsys, tmp_path):
     # SAO cannot build the 64->16 first layer of this MLP without its dense fallback; EOI takes
     # no `fallback` option. `sao:fallback=true` serves one comparison of both.
     argv = ("inspect", "--preset", "digits", "--depth", "3", "--width", "16", "--mask",
             "uniform", "--density", "0.25", "--examples", "8", "--progress", "none",
             "--init", "eoi,sao", "--out", str(tmp_path))
-    code, _, err = run(capsys, *argv, "--sparsify-options", "fallback=true")
+    code, _, err = cli(*argv, "--sparsify-options", "fallback=true")
     assert code == 2 and "unknown option 'fallback'" in err
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # SAO's dense-fallback warning
-        code, _, err = run(capsys, *argv, "--sparsify-options", "sao:fallback=true")
+        code, _, err = cli(*argv, "--sparsify-options", "sao:fallback=true")
     assert code == 0, err
     assert set(read_json(tmp_path)["results"]) == {"eoi", "sao"}
 
 
-def test_sweep_flags_cells_whose_achieved_density_differs(capsys, tmp_path):
+def test_sweep_flags_cells_whose_achieved_density_differs(cli, capsys, tmp_path):
     # SAO's dense fallback (the 64->16 first layer) lifts the achieved density above 0.3.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code, out, err = run(capsys, "inspect", "--preset", "digits", "--depth", "3", "--width",
+        code, out, err = cli("inspect", "--preset", "digits", "--depth", "3", "--width",
                              "16", "--mask", "uniform", "--examples", "8", "--init", "eoi,sao",
                              "--sparsify-options", "sao:fallback=true", "--densities", "0.25",
                              "--out", str(tmp_path))
