@@ -7,7 +7,8 @@ import numbers
 
 import torch
 
-__all__ = ["check_density", "check_positive_int", "check_generator", "check_float_dtype"]
+__all__ = ["check_density", "check_positive_int", "check_generator", "check_float_dtype",
+           "density_off_target"]
 
 
 def check_density(density: object, name: str = "density") -> float:
@@ -49,3 +50,10 @@ def check_float_dtype(dtype: object) -> torch.dtype:
         raise TypeError(f"dtype={dtype} must be a floating-point torch.dtype "
                         f"(torch.float32, torch.float64, torch.bfloat16, torch.float16)")
     return dtype
+
+
+def density_off_target(achieved: float, wanted: float, tolerance: float = 0.1) -> bool:
+    """Whether a network's achieved mask density misses the wanted one by more than
+    ``tolerance`` of it: more than per-layer rounding, e.g. layers an init left dense (SAO with
+    ``fallback=True``). Reports flag such results instead of presenting them at ``wanted``."""
+    return abs(achieved - wanted) > tolerance * wanted

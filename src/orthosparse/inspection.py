@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from ._checks import check_density, check_positive_int
+from ._checks import check_density, check_positive_int, density_off_target
 from .cli import (
     COMMANDS,
     PROG,
@@ -261,7 +261,7 @@ def _fmt_cell(cell: Mapping[str, Any]) -> str:
         return "n/a"
     text = f"{cell['mean']:.4g} ± {cell['std']:.2g} [{cell['min']:.4g}, {cell['max']:.4g}]"
     achieved = cell.get("achieved_density")
-    if achieved is not None and abs(achieved - cell["density"]) > 0.1 * cell["density"]:
+    if achieved is not None and density_off_target(achieved, cell["density"]):
         text += f" (density {achieved:.3g})"  # e.g. SAO's dense fallback layers
     return text
 

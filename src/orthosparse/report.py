@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._checks import density_off_target
 from .config import NOT_HASHED, config_fields, config_from_dict, config_hash
 from .runs import read_history
 
@@ -205,7 +206,7 @@ class Cell:
             return None
         achieved = statistics.fmean(a for a, _ in pairs)
         wanted = statistics.fmean(w for _, w in pairs)
-        return achieved if abs(achieved - wanted) > 0.1 * wanted else None
+        return achieved if density_off_target(achieved, wanted) else None
 
     @property
     def std(self) -> float | None:
