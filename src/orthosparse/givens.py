@@ -444,7 +444,7 @@ def _build(rows, cols, density, gain, dtype, generator, device, batch):
         return _rotate_dense(rows, cols, gain, dtype, device, n_mat, gi, gj, theta, level,
                              support)
     if n_mat * c <= _SEQUENTIAL_UP_TO:
-        gi, gj, theta, level, _ = _scan_sequential(n_mat, r, c, need, draws)
+        gi, gj, theta, level, _ = _scan_sequential(n_mat, r, c, need, draws, support=False)
     else:
         gi, gj, theta, level = _kept_rotations(n_mat, r, c, need, draws, device)
     order, bounds = _layer_order(level)
@@ -535,14 +535,15 @@ def _rotate_dense(rows, cols, gain, dtype, device, n_mat, gi, gj, theta, level, 
     return values, mask
 
 
-def _scan_sequential(n_mat, r, c, need, draws):
+def _scan_sequential(n_mat, r, c, need, draws, support: bool = True):
     """:func:`_kept_rotations` by one sequential scan per matrix, plus the final supports.
 
     Column supports are Python ints used as bitsets (bit k: row k), so each rotation costs a
     few interpreter operations and no array call: the scan stops exactly at the crossing
     rotation and needs no schedule; each kept rotation's layer is one more than the latest layer
     among its two columns. Same draws, same stop rule, same kept set as the bitset pass.
-    The supports come back as little-endian bytes, ``(n_mat * c, ceil(r / 8))`` uint8.
+    The supports come back as little-endian bytes, ``(n_mat * c, ceil(r / 8))`` uint8, or None
+    when ``support`` is False (the segment passes rebuild them).
     """
     out_i, out_j, out_theta, out_level, out_support = [], [], [], [], []
     nbytes = (r + 7) // 8
@@ -594,10 +595,12 @@ def _scan_sequential(n_mat, r, c, need, draws):
         out_j.append(j_all[at] + b * c)
         out_theta.append(theta_all[at])
         out_level.append(np.asarray(kept_level, dtype=np.int64))
-        out_support.append(b"".join(x.to_bytes(nbytes, "little") for x in bits))
-    support = np.frombuffer(b"".join(out_support), dtype=np.uint8).reshape(n_mat * c, nbytes)
+        if support:
+            out_support.append(b"".join(x.to_bytes(nbytes, "little") for x in bits))
+    supports = (np.frombuffer(b"".join(out_support), dtype=np.uint8).reshape(n_mat * c, nbytes)
+                if support else None)
     gi, gj, theta, level = (np.concatenate(x) for x in (out_i, out_j, out_theta, out_level))
-    return gi, gj, theta, level, support
+    return gi, gj, theta, level, supports
 
 
 def _rotate(bits, values, gi, gj, cos, sin, bounds, max_pairs: int | None = None):
