@@ -90,16 +90,29 @@ def test_density_is_the_closer_of_the_two_candidate_steps(scan, rows, cols, dens
         assert int(mask.sum()) == expected
 
 
-@pytest.fixture(params=["sequential+dense", "sequential+segments", "bitset+segments"])
+PATHS = ["compiled", "compiled+segments", "sequential+dense", "sequential+segments",
+         "bitset+segments"]
+
+
+@pytest.fixture(params=PATHS)
 def scan(request, monkeypatch):
-    """Run a test with each path: the Python-int sequential scan (small problems) or the bitset
-    support pass, then dense layer-wise rotations (small problems) or 8-row segment passes."""
-    dense = request.param.endswith("dense")
+    """Run a test with each path: the compiled (numba) scan, which on the CPU also applies the
+    rotations ("compiled") or hands them to the layered torch passes of other devices
+    ("compiled+segments"); or, with ``ORTHOSPARSE_NUMBA=0``, the Python-int sequential scan
+    (small problems) or the bitset support pass, then dense layer-wise rotations (small problems)
+    or 8-row segment passes."""
+    path = request.param
+    if path.startswith("compiled"):
+        if givens.compiled_kernels() is None:
+            pytest.skip("numba is not installed (pip install numba)")
+        monkeypatch.setattr(givens, "_FORCE_TORCH_PASSES", path.endswith("segments"))
+        return path
+    monkeypatch.setenv(givens.NUMBA_ENV, "0")
+    dense = path.endswith("dense")
     monkeypatch.setattr(givens, "_DENSE_ROWS_UP_TO", 10**9 if dense else 0)
     monkeypatch.setattr(givens, "_DENSE_MULTITHREAD_UP_TO", 10**18 if dense else 0)
-    monkeypatch.setattr(givens, "_SEQUENTIAL_UP_TO", 0 if request.param.startswith("bitset")
-                        else 10**9)
-    return request.param
+    monkeypatch.setattr(givens, "_SEQUENTIAL_UP_TO", 0 if path.startswith("bitset") else 10**9)
+    return path
 
 
 @pytest.mark.parametrize("batch", [None, 3])
@@ -125,6 +138,7 @@ def test_fast_path_equals_one_rotation_at_a_time_oracle(scan, rows, cols, densit
 
 
 def test_dense_path_on_many_matrices_equals_the_oracle(monkeypatch):
+    monkeypatch.setenv(givens.NUMBA_ENV, "0")
     monkeypatch.setattr(givens, "_DENSE_ROWS_UP_TO", 10**9)
     monkeypatch.setattr(givens, "_DENSE_MULTITHREAD_UP_TO", 10**18)
     for seed in range(3):
@@ -255,6 +269,7 @@ def test_cpu_and_cuda_agree(rows, cols, density):
 def test_device_passes_equal_cpu_passes(monkeypatch, rows, cols, density, batch):
     # CUDA runs the torch passes (and the SWAR popcount); check them here on the CPU.
     ref = sparse_orthogonal(rows, cols, density, generator=gen(6), batch=batch)
+    monkeypatch.setenv(givens.NUMBA_ENV, "0")
     monkeypatch.setattr(givens, "_DENSE_ROWS_UP_TO", 0)  # the segment passes
     monkeypatch.setattr(givens, "_SEQUENTIAL_UP_TO", 0)  # and the bitset support pass
     monkeypatch.setattr(givens, "_FORCE_TORCH_PASSES", True)
@@ -288,3 +303,37 @@ def test_path_choice_follows_size_and_threads(monkeypatch):
     assert not givens._dense_path(1000, 128, 128)  # large batch, threads: segment passes
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert givens._dense_path(1000, 128, 128)
+
+
+def test_numba_switch_selects_the_backend(monkeypatch):
+    monkeypatch.setenv(givens.NUMBA_ENV, "0")
+    assert givens.backend() == "python" and givens.compiled_kernels() is None
+    w0, m0 = sparse_orthogonal(60, 90, 0.2, generator=gen(4))
+    monkeypatch.setenv(givens.NUMBA_ENV, "1")
+    expected = "numba" if givens._import_kernel() is not None else "python"
+    assert givens.backend() == expected
+    w1, m1 = sparse_orthogonal(60, 90, 0.2, generator=gen(4))
+    assert torch.equal(m0, m1)
+    torch.testing.assert_close(w0, w1, atol=1e-6, rtol=0)
+    monkeypatch.setenv(givens.NUMBA_ENV, "yes")
+    with pytest.raises(ValueError, match=r"ORTHOSPARSE_NUMBA='yes' must be 0 .* or 1"):
+        sparse_orthogonal(4, 4, 0.5)
+
+
+def test_without_numba_the_python_path_runs(monkeypatch):
+    import sys
+
+    import orthosparse
+
+    givens._import_kernel.cache_clear()
+    monkeypatch.setitem(sys.modules, "numba", None)  # "import numba" raises ModuleNotFoundError
+    monkeypatch.delitem(sys.modules, "orthosparse._eoi_numba", raising=False)
+    monkeypatch.delattr(orthosparse, "_eoi_numba", raising=False)  # the package attribute too
+    try:
+        assert givens.backend() == "python"
+        w, m = sparse_orthogonal(30, 30, 0.3, generator=gen(1), dtype=torch.float64)
+        w_ref, m_ref = reference_sparse_orthogonal(30, 30, 0.3, generator=gen(1))
+        assert torch.equal(m, m_ref)
+        torch.testing.assert_close(w, w_ref, atol=1e-12, rtol=0)
+    finally:
+        givens._import_kernel.cache_clear()

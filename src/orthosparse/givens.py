@@ -48,7 +48,9 @@ gives ``t(d) = ((c-1)/2) ln(d(c-1)/(1-d))`` rotations to reach density ``d``.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import warnings
 
 import numpy as np
@@ -56,7 +58,7 @@ import torch
 
 from ._checks import check_density, check_float_dtype, check_generator, check_positive_int
 
-__all__ = ["sparse_orthogonal", "reference_sparse_orthogonal", "expected_rotations"]
+__all__ = ["sparse_orthogonal", "reference_sparse_orthogonal", "expected_rotations", "backend"]
 
 
 def expected_rotations(c: int, density: float) -> float:
@@ -87,11 +89,12 @@ class _Draws:
         while len(self.chunks) <= k:
             n = self.first if not self.chunks else self.rest
             shape, g = (self.batch, n), self.generator
-            i = torch.randint(0, self.c, shape, generator=g)
-            j = torch.randint(0, self.c - 1, shape, generator=g)
-            j += (j >= i).to(j.dtype)  # skip i: j is uniform over the other c-1 columns
-            theta = torch.rand(shape, generator=g, dtype=torch.float64) * (2.0 * math.pi)
-            self.chunks.append((i.numpy(), j.numpy(), theta.numpy()))
+            i = torch.randint(0, self.c, shape, generator=g).numpy()
+            j = torch.randint(0, self.c - 1, shape, generator=g).numpy()
+            j += j >= i  # skip i: j is uniform over the other c-1 columns
+            theta = torch.rand(shape, generator=g, dtype=torch.float64).numpy()
+            theta *= 2.0 * math.pi
+            self.chunks.append((i, j, theta))
         return self.chunks[k]
 
 
@@ -439,11 +442,16 @@ def _build(rows, cols, density, gain, dtype, generator, device, batch):
     r, c = min(rows, cols), max(rows, cols)
     need = density * r * c
     draws = _Draws(n_mat, c, density, generator)
-    if _dense_path(n_mat, r, c):
+    kernels = compiled_kernels()
+    if kernels is not None:
+        if device.type == "cpu" and not _FORCE_TORCH_PASSES:
+            return _build_compiled(kernels, rows, cols, gain, dtype, n_mat, need, draws)
+        gi, gj, theta, level = _scan_compiled(kernels, n_mat, r, c, need, draws)
+    elif _dense_path(n_mat, r, c):
         gi, gj, theta, level, support = _scan_sequential(n_mat, r, c, need, draws)
         return _rotate_dense(rows, cols, gain, dtype, device, n_mat, gi, gj, theta, level,
                              support)
-    if n_mat * c <= _SEQUENTIAL_UP_TO:
+    elif n_mat * c <= _SEQUENTIAL_UP_TO:
         gi, gj, theta, level, _ = _scan_sequential(n_mat, r, c, need, draws, support=False)
     else:
         gi, gj, theta, level = _kept_rotations(n_mat, r, c, need, draws, device)
@@ -474,15 +482,105 @@ def _kept_rotations(n_mat, r, c, need, draws, device):
     bitset support pass: global column ids ``gi``/``gj`` (matrix b owns ``b*c .. b*c+c-1``),
     angles and layers, each a flat array."""
     kept, chunks = _stop_points(n_mat, r, c, need, draws, device)
-    offset = np.arange(n_mat)[:, None] * c
-    parts = []
-    start = 0
-    for k, (noop, level) in enumerate(chunks):
-        i, j, theta = draws.chunk(k)
-        n = i.shape[1]
-        take = ((start + np.arange(n))[None, :] < kept[:, None]) & ~noop
-        parts.append(((i + offset)[take], (j + offset)[take], theta[take], level[take]))
+    picks, start = [], 0
+    for noop, level in chunks:
+        n = level.shape[1]
+        picks.append((((start + np.arange(n))[None, :] < kept[:, None]) & ~noop, level))
         start += n
+    return _collect(draws, c, picks)
+
+
+# ----------------------------------------------------------------------------------------------
+# Compiled path (optional numba kernel, ``_eoi_numba.scan``)
+
+NUMBA_ENV = "ORTHOSPARSE_NUMBA"
+
+
+def compiled_kernels():
+    """The numba kernels (the module :mod:`orthosparse._eoi_numba`), or None: numba is not
+    installed or the environment variable ``ORTHOSPARSE_NUMBA`` is ``0`` (read on every call)."""
+    text = os.environ.get(NUMBA_ENV, "1").strip()
+    if text not in ("0", "1"):
+        raise ValueError(f"environment variable {NUMBA_ENV}={text!r} must be 0 (pure-Python EOI) "
+                         f"or 1 (compiled EOI when numba is installed)")
+    return _import_kernel() if text == "1" else None
+
+
+@functools.cache
+def _import_kernel():
+    try:
+        from . import _eoi_numba
+    except ModuleNotFoundError as err:
+        if err.name != "numba":
+            raise
+        return None
+    except ImportError as err:  # numba installed but unusable (e.g. an unsupported numpy)
+        warnings.warn(f"numba is installed but cannot be imported ({err}); EOI uses its "
+                      f"pure-Python path", stacklevel=4)
+        return None
+    return _eoi_numba
+
+
+def backend() -> str:
+    """Which EOI implementation builds matrices: ``"numba"`` (compiled scan; on the CPU also the
+    rotations) or ``"python"`` (numpy and torch array passes). Same masks, values equal up to
+    rounding; see :mod:`orthosparse._eoi_numba` and ``ORTHOSPARSE_NUMBA``."""
+    return "python" if compiled_kernels() is None else "numba"
+
+
+def _compiled_pass(kernels, n_mat, r, c, need, draws, values, gain=1.0):
+    """Run the compiled kernel chunk by chunk until every matrix stops.
+
+    ``values`` (n_mat, c, r), zeros on entry, receives ``gain * A^T``; with ``r = 0`` rows only
+    the kept rotations are found. Returns the supports (n_mat, c, ceil(r/64)) uint64 and, per
+    chunk, the layer of every rotation (n_mat, n), ``-1`` where it is not kept.
+    """
+    bits = np.empty((n_mat, c, (r + 63) // 64), dtype=np.uint64)
+    count, layer = np.empty((n_mat, c), dtype=np.int64), np.empty((n_mat, c), dtype=np.int64)
+    nnz, stopped = np.empty(n_mat, dtype=np.int64), np.empty(n_mat, dtype=bool)
+    need = float(need)
+    kernels.start(r, need, gain, bits, count, nnz, layer, stopped, values)
+    levels = []
+    while not stopped.all():  # no draw at all when [I | 0] is already dense enough
+        i, j, theta = draws.chunk(len(levels))
+        level = np.full(i.shape, -1, dtype=np.int64)
+        if values.shape[2] > 0:
+            cos, sin = np.cos(theta).astype(values.dtype), np.sin(theta).astype(values.dtype)
+        else:  # nothing to rotate
+            cos = sin = theta
+        kernels.scan(i, j, cos, sin, need, bits, count, nnz, layer, stopped, level, values,
+                     values.shape[2] > 0)
+        levels.append(level)
+    return bits, levels
+
+
+def _build_compiled(kernels, rows, cols, gain, dtype, n_mat, need, draws):
+    """:func:`_build` on the CPU with the compiled kernel: one in-order pass per matrix."""
+    r, c = min(rows, cols), max(rows, cols)
+    values = np.zeros((n_mat, c, r), dtype=np.float64 if dtype == torch.float64 else np.float32)
+    bits, _ = _compiled_pass(kernels, n_mat, r, c, need, draws, values, gain)
+    wide = rows <= cols  # W = A: the transpose of the working layout
+    mask = np.empty((n_mat, r, c) if wide else (n_mat, c, r), dtype=bool)
+    kernels.unpack(bits, mask, wide)
+    values, mask = torch.from_numpy(values), torch.from_numpy(mask)
+    return (values.transpose(1, 2) if wide else values), mask
+
+
+def _scan_compiled(kernels, n_mat, r, c, need, draws):
+    """:func:`_kept_rotations` by the compiled kernel (for the layered passes on a device)."""
+    _, levels = _compiled_pass(kernels, n_mat, r, c, need, draws, np.zeros((n_mat, c, 0)))
+    return _collect(draws, c, [(level >= 0, level) for level in levels])
+
+
+def _collect(draws, c, picks):
+    """Flat ``gi, gj, theta, level`` of the picked rotations: ``picks[k]`` is ``(take, level)``
+    for chunk ``k`` of ``draws``, both (n_mat, n). Global column ids: matrix b owns
+    ``b*c .. b*c+c-1``."""
+    parts = []
+    for k, (take, level) in enumerate(picks):
+        i, j, theta = draws.chunk(k)
+        offset = np.arange(i.shape[0])[:, None] * c
+        parts.append(((i + offset)[take], (j + offset)[take], theta[take], level[take]))
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0), empty
