@@ -238,10 +238,10 @@ def test_extra_positions_are_a_uniform_sample_without_replacement(monkeypatch, c
     base[[2, 5]] = True
     free = [k for k in range(8) if not base[k]]
     subsets = {s: 0 for s in combinations(free, count)}
-    g, trials = gen(), 3000
+    rng, trials = init._free_stream(gen()), 3000  # one stream for all trials, as for a group
     for _ in range(trials):
         taken = base.clone()
-        init._add_free(taken, count, g)
+        init._add_free(taken, count, rng)
         picked = tuple(torch.nonzero(taken & ~base).squeeze(1).tolist())
         assert taken[base].all() and len(picked) == count
         subsets[picked] += 1
@@ -250,15 +250,15 @@ def test_extra_positions_are_a_uniform_sample_without_replacement(monkeypatch, c
 
 def test_extra_positions_large_count_exact_and_spread():
     # The byte stage runs (count >= 64): exact count, only free entries, even spread.
-    from orthosparse.init import _add_free, _bernoulli_threshold
+    from orthosparse.init import _add_free, _bernoulli_threshold, _free_stream
 
     taken = torch.zeros(40000, dtype=torch.bool)  # above _PERMUTE_UP_TO
     taken[::7] = True
     before = taken.clone()
     assert _bernoulli_threshold(3000, int((~taken).sum())) > 0
-    _add_free(taken, 3000, gen(3))
+    _add_free(taken, 3000, _free_stream(gen(3)))
     assert int((taken & ~before).sum()) == 3000 and taken[before].all()
     per_block = (taken & ~before).view(40, 1000).sum(dim=1).float()
     assert per_block.min() > 40 and per_block.max() < 110  # 75 expected per block
     with pytest.raises(AssertionError, match="cannot draw 40000 of"):
-        _add_free(taken, 40000, gen(3))
+        _add_free(taken, 40000, _free_stream(gen(3)))

@@ -123,20 +123,29 @@ def _fill_group(
         torch._foreach_copy_(list(tensors), list(weights))  # one dispatch for the whole group
         return list(masks)
 
-    centre = tuple(k // 2 for k in kernel)
+    centre = (slice(None), slice(None), *(k // 2 for k in kernel))
     target = round(density * first.numel())
+    torch._foreach_zero_(list(tensors))
+    torch._foreach_copy_([tensor[centre] for tensor in tensors], list(weights))
+    centre_nnz = masks.reshape(len(tensors), -1).sum(dim=1).tolist()
+    rng = None  # the stream of the extra positions, seeded on first use
     out = []
-    for tensor, weight, centre_mask in zip(tensors, weights, masks, strict=True):
-        tensor.zero_()
-        tensor[(slice(None), slice(None), *centre)] = weight
+    for tensor, centre_mask, nnz in zip(tensors, masks.cpu(), centre_nnz, strict=True):
         mask = torch.zeros(tensor.shape, dtype=torch.bool)
-        mask[(slice(None), slice(None), *centre)] = centre_mask.cpu()
-        centre_nnz = int(torch.count_nonzero(centre_mask))
-        extra = target - centre_nnz
+        mask[centre] = centre_mask
+        extra = target - nnz
         if extra > 0:  # uniform among the remaining zero positions of the whole kernel
-            _add_free(mask.view(-1), extra, generator, free=mask.numel() - centre_nnz)
+            if rng is None:
+                rng = _free_stream(generator)
+            _add_free(mask.view(-1), extra, rng, free=mask.numel() - nnz)
         out.append(mask.to(tensor.device))
     return out
+
+
+def _free_stream(generator: torch.Generator | None) -> np.random.Generator:
+    """A PCG64 stream seeded by one draw from ``generator`` (for :func:`_add_free`)."""
+    return np.random.Generator(np.random.PCG64(int(torch.randint(0, 2**62, (1,),
+                                                                 generator=generator))))
 
 
 def _bernoulli_threshold(count: int, free: int) -> int:
@@ -151,13 +160,13 @@ def _bernoulli_threshold(count: int, free: int) -> int:
 _PERMUTE_UP_TO = 1 << 14  # entries: below this a permutation of the free entries is cheapest
 
 
-def _add_free(taken: torch.Tensor, count: int, generator: torch.Generator | None,
+def _add_free(taken: torch.Tensor, count: int, rng: np.random.Generator,
               free: int | None = None) -> None:
     """Set ``count`` more entries of the 1-D CPU bool ``taken`` to True, chosen uniformly among
     its ``free`` False entries (a uniform sample without replacement); ``free`` is counted when
     not given.
 
-    The draws come from a PCG64 stream seeded by one draw from ``generator``. Small arrays, or
+    The draws come from ``rng`` (:func:`_free_stream`, one per group of layers). Small arrays, or
     most free entries wanted: a uniform choice without replacement among the free entries.
     Otherwise:
 
@@ -179,8 +188,6 @@ def _add_free(taken: torch.Tensor, count: int, generator: torch.Generator | None
         raise AssertionError(f"cannot draw {count} of {free} free positions")
     if count == 0:
         return
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    rng = np.random.Generator(np.random.PCG64(seed))
     if n <= _PERMUTE_UP_TO or 2 * count > free:
         t[rng.choice(np.flatnonzero(~t), count, replace=False, shuffle=False)] = True
         return
