@@ -21,7 +21,7 @@ import time
 import torch
 
 from orthosparse import eoi_, eoi_group_
-from orthosparse.givens import reference_sparse_orthogonal
+from orthosparse.givens import backend, reference_sparse_orthogonal
 
 
 def sync(device: torch.device) -> None:
@@ -114,7 +114,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}"
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, "
+          f"EOI backend {backend()}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     rows = []
     if device.type == "cpu":

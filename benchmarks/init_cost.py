@@ -48,6 +48,7 @@ from torch import nn
 from orthosparse._layers import prunable_layers
 from orthosparse.baselines import approximate_isometry_, sao_, sao_degrees, sao_layers_
 from orthosparse.diagnostics import orthogonality_error
+from orthosparse.givens import backend
 from orthosparse.init import eoi_, eoi_group_, orthogonal_
 
 AI_ITERATIONS = 1000
@@ -335,8 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats} runs; * = AI time extrapolated from a few steps")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, EOI backend "
+          f"{backend()}, median of {args.repeats} runs; * = AI time extrapolated from a few steps")
+    eoi_(torch.empty(8, 8), 0.5)  # load the compiled EOI kernel (numba) before any timing
     start = time.perf_counter()
     print("\n== one n x n layer ==")
     layer_rows = bench_layers(sizes, densities, args.repeats, budget, args.seed)

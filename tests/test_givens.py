@@ -137,6 +137,25 @@ def test_fast_path_equals_one_rotation_at_a_time_oracle(scan, rows, cols, densit
             torch.testing.assert_close(w32.double(), w_ref, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("batch", [None, 4])
+def test_streams_drawn_in_many_small_chunks_equal_the_oracle(scan, monkeypatch, batch):
+    # Every path must carry its state across chunks: draw the stream 5, then 3 rotations at a time.
+    init = givens._Draws.__init__
+
+    def small_chunks(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.first, self.rest = 5, 3
+
+    monkeypatch.setattr(givens._Draws, "__init__", small_chunks)
+    for rows, cols, density in [(12, 12, 0.4), (7, 19, 0.6), (19, 7, 1.0)]:
+        w, m = sparse_orthogonal(rows, cols, density, generator=gen(2), dtype=torch.float64,
+                                 batch=batch)
+        w_ref, m_ref = reference_sparse_orthogonal(rows, cols, density, generator=gen(2),
+                                                   batch=batch)
+        assert torch.equal(m, m_ref)
+        torch.testing.assert_close(w, w_ref, atol=1e-12, rtol=0)
+
+
 def test_dense_path_on_many_matrices_equals_the_oracle(monkeypatch):
     monkeypatch.setenv(givens.NUMBA_ENV, "0")
     monkeypatch.setattr(givens, "_DENSE_ROWS_UP_TO", 10**9)
@@ -335,5 +354,25 @@ def test_without_numba_the_python_path_runs(monkeypatch):
         w_ref, m_ref = reference_sparse_orthogonal(30, 30, 0.3, generator=gen(1))
         assert torch.equal(m, m_ref)
         torch.testing.assert_close(w, w_ref, atol=1e-12, rtol=0)
+    finally:
+        givens._import_kernel.cache_clear()
+
+
+def test_unusable_numba_warns_and_falls_back(monkeypatch):
+    import sys
+    import types
+
+    import orthosparse
+
+    broken = types.ModuleType("numba")  # imports, but has no njit: loading the kernels fails
+    givens._import_kernel.cache_clear()
+    monkeypatch.setitem(sys.modules, "numba", broken)
+    monkeypatch.delitem(sys.modules, "orthosparse._eoi_numba", raising=False)
+    monkeypatch.delattr(orthosparse, "_eoi_numba", raising=False)
+    try:
+        with pytest.warns(UserWarning, match="EOI kernel cannot be loaded .*AttributeError"):
+            assert givens.backend() == "python"
+        w, m = sparse_orthogonal(20, 20, 0.3, generator=gen(1))
+        assert gram_error(w) <= 1e-6
     finally:
         givens._import_kernel.cache_clear()
