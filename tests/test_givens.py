@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from orthosparse import givens
+from orthosparse import _eoi_arrays, _eoi_stream, givens
 from orthosparse.givens import reference_sparse_orthogonal, sparse_orthogonal
 
 SHAPES = [(16, 16), (12, 40), (40, 12), (1, 24), (24, 1), (1, 1), (2, 2), (70, 130)]
@@ -61,7 +61,7 @@ def test_half_dtypes_are_cast_from_float32(dtype):
 def _draw_support_trace(rows, cols, density, seed):
     """Independent support bookkeeping with Python sets on the same random stream."""
     r, c = min(rows, cols), max(rows, cols)
-    draws = givens._Draws(1, c, density, gen(seed))
+    draws = _eoi_stream.Draws(1, c, density, gen(seed))
     support = [{k} if k < r else set() for k in range(c)]
     nnz_trace = [r]
     k = 0
@@ -105,13 +105,13 @@ def scan(request, monkeypatch):
     if path.startswith("compiled"):
         if givens.compiled_kernels() is None:
             pytest.skip("numba is not installed (pip install numba)")
-        monkeypatch.setattr(givens, "_FORCE_TORCH_PASSES", path.endswith("segments"))
+        monkeypatch.setattr(_eoi_arrays, "FORCE_TORCH_PASSES", path.endswith("segments"))
         return path
     monkeypatch.setenv(givens.NUMBA_ENV, "0")
     dense = path.endswith("dense")
-    monkeypatch.setattr(givens, "_DENSE_ROWS_UP_TO", 10**9 if dense else 0)
-    monkeypatch.setattr(givens, "_DENSE_MULTITHREAD_UP_TO", 10**18 if dense else 0)
-    monkeypatch.setattr(givens, "_SEQUENTIAL_UP_TO", 0 if path.startswith("bitset") else 10**9)
+    monkeypatch.setattr(_eoi_arrays, "_DENSE_ROWS_UP_TO", 10**9 if dense else 0)
+    monkeypatch.setattr(_eoi_arrays, "_DENSE_MULTITHREAD_UP_TO", 10**18 if dense else 0)
+    monkeypatch.setattr(_eoi_arrays, "_SEQUENTIAL_UP_TO", 0 if path.startswith("bitset") else 10**9)
     return path
 
 
@@ -140,13 +140,13 @@ def test_fast_path_equals_one_rotation_at_a_time_oracle(scan, rows, cols, densit
 @pytest.mark.parametrize("batch", [None, 4])
 def test_streams_drawn_in_many_small_chunks_equal_the_oracle(scan, monkeypatch, batch):
     # Every path must carry its state across chunks: draw the stream 5, then 3 rotations at a time.
-    init = givens._Draws.__init__
+    init = _eoi_stream.Draws.__init__
 
     def small_chunks(self, *args, **kwargs):
         init(self, *args, **kwargs)
         self.first, self.rest = 5, 3
 
-    monkeypatch.setattr(givens._Draws, "__init__", small_chunks)
+    monkeypatch.setattr(_eoi_stream.Draws, "__init__", small_chunks)
     for rows, cols, density in [(12, 12, 0.4), (7, 19, 0.6), (19, 7, 1.0)]:
         w, m = sparse_orthogonal(rows, cols, density, generator=gen(2), dtype=torch.float64,
                                  batch=batch)
@@ -158,8 +158,8 @@ def test_streams_drawn_in_many_small_chunks_equal_the_oracle(scan, monkeypatch, 
 
 def test_dense_path_on_many_matrices_equals_the_oracle(monkeypatch):
     monkeypatch.setenv(givens.NUMBA_ENV, "0")
-    monkeypatch.setattr(givens, "_DENSE_ROWS_UP_TO", 10**9)
-    monkeypatch.setattr(givens, "_DENSE_MULTITHREAD_UP_TO", 10**18)
+    monkeypatch.setattr(_eoi_arrays, "_DENSE_ROWS_UP_TO", 10**9)
+    monkeypatch.setattr(_eoi_arrays, "_DENSE_MULTITHREAD_UP_TO", 10**18)
     for seed in range(3):
         w, m = sparse_orthogonal(40, 24, 0.3, generator=gen(seed), dtype=torch.float64, batch=8)
         w_ref, m_ref = reference_sparse_orthogonal(40, 24, 0.3, generator=gen(seed), batch=8)
@@ -224,8 +224,8 @@ def test_rotation_count_matches_markov_chain(c, density):
     # match the chain's crossing time within a few percent.
     means = _chain_mean_density(c, 20 * c)
     t_chain = int(np.argmax(means >= density))
-    draws = givens._Draws(300, c, density, gen(123))
-    kept, _ = givens._stop_points(300, c, c, density * c * c, draws,
+    draws = _eoi_stream.Draws(300, c, density, gen(123))
+    kept, _ = _eoi_arrays._stop_points(300, c, c, density * c * c, draws,
                                   torch.device("cpu"))
     assert abs(kept.mean() / t_chain - 1.0) < 0.03
     # the mean-field estimate that sizes the draws is a slight underestimate, never far off
@@ -237,7 +237,7 @@ def test_popcount_fallback_matches_numpy():
     words[0, 0] = -1  # all 64 bits set, sign bit included
     words[1, 1] = -(2**63)
     expected = np.bitwise_count(words.numpy().view(np.uint64)).sum(axis=1).astype(np.int64)
-    assert torch.equal(givens._popcount_rows_swar(words), torch.from_numpy(expected))
+    assert torch.equal(_eoi_arrays._popcount_rows_swar(words), torch.from_numpy(expected))
 
 
 def test_warns_below_lowest_reachable_density():
@@ -289,10 +289,10 @@ def test_device_passes_equal_cpu_passes(monkeypatch, rows, cols, density, batch)
     # CUDA runs the torch passes (and the SWAR popcount); check them here on the CPU.
     ref = sparse_orthogonal(rows, cols, density, generator=gen(6), batch=batch)
     monkeypatch.setenv(givens.NUMBA_ENV, "0")
-    monkeypatch.setattr(givens, "_DENSE_ROWS_UP_TO", 0)  # the segment passes
-    monkeypatch.setattr(givens, "_SEQUENTIAL_UP_TO", 0)  # and the bitset support pass
-    monkeypatch.setattr(givens, "_FORCE_TORCH_PASSES", True)
-    monkeypatch.setattr(givens, "_popcount_rows", givens._popcount_rows_swar)
+    monkeypatch.setattr(_eoi_arrays, "_DENSE_ROWS_UP_TO", 0)  # the segment passes
+    monkeypatch.setattr(_eoi_arrays, "_SEQUENTIAL_UP_TO", 0)  # and the bitset support pass
+    monkeypatch.setattr(_eoi_arrays, "FORCE_TORCH_PASSES", True)
+    monkeypatch.setattr(_eoi_arrays, "_popcount_rows", _eoi_arrays._popcount_rows_swar)
     out = sparse_orthogonal(rows, cols, density, generator=gen(6), batch=batch)
     assert torch.equal(ref[1], out[1])
     torch.testing.assert_close(ref[0], out[0], atol=1e-6, rtol=0)
@@ -303,7 +303,7 @@ def test_schedule_levels_equal_the_sequential_definition(batch, n, c):
     rng = np.random.default_rng(0)
     i = rng.integers(0, c, (batch, n))
     j = (i + rng.integers(1, c, (batch, n))) % c  # j != i
-    level = givens._schedule(i, j, c)
+    level = _eoi_arrays._schedule(i, j, c)
     for b in range(batch):
         last = {}  # column -> level of the latest rotation touching it
         for s in range(n):
@@ -316,12 +316,12 @@ def test_schedule_levels_equal_the_sequential_definition(batch, n, c):
 
 
 def test_path_choice_follows_size_and_threads(monkeypatch):
-    assert givens._dense_path(1, 128, 128) and givens._dense_path(1, 1024, 1024)
-    assert not givens._dense_path(1, 2048, 2048)
+    assert _eoi_arrays.dense_path(1, 128, 128) and _eoi_arrays.dense_path(1, 1024, 1024)
+    assert not _eoi_arrays.dense_path(1, 2048, 2048)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert not givens._dense_path(1000, 128, 128)  # large batch, threads: segment passes
+    assert not _eoi_arrays.dense_path(1000, 128, 128)  # large batch, threads: segment passes
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert givens._dense_path(1000, 128, 128)
+    assert _eoi_arrays.dense_path(1000, 128, 128)
 
 
 def test_numba_switch_selects_the_backend(monkeypatch):

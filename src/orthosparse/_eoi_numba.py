@@ -8,7 +8,7 @@ per rotation, so the kernel simply walks the random stream in order, one matrix 
 * support: one ``uint64`` bitset per column (bit ``k`` of word ``m``: row ``64m + k``); a rotation's
   growth is ``2|S_i u S_j| - |S_i| - |S_j|`` on the states just before it, as in the scan;
 * stop: at the first rotation with ``nnz >= need``, which is applied only if
-  ``nnz_after - need <= need - nnz_before`` (the shared rule, ``givens._keep_later``);
+  ``nnz_after - need <= need - nnz_before`` (the shared rule, ``_eoi_stream.keep_later``);
 * values: each kept rotation rotates rows ``i`` and ``j`` of ``A^T`` in place, touching only the
   64-row blocks where the union of the two supports is nonzero (elsewhere both rows are zero);
 * no-ops (two empty columns) change nothing and are not recorded.
