@@ -462,6 +462,61 @@ def test_fake_tiny_imagenet(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_PIL, reason="needs Pillow")
+def test_tiny_imagenet_cache_skips_decoding_until_a_file_changes(tmp_path, monkeypatch):
+    import os
+
+    from PIL import Image
+
+    from orthosparse.data import tiny_imagenet
+
+    _write_tiny_imagenet(tmp_path)
+    first = load_dataset("tiny-imagenet", root=tmp_path, val_fraction=0.25)
+    cache = tmp_path / tiny_imagenet.CACHE_DIR
+    assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["train", "val"]
+
+    decoded = []
+    read = tiny_imagenet._read_images
+    monkeypatch.setattr(tiny_imagenet, "_read_images",
+                        lambda paths: decoded.append(len(paths)) or read(paths))
+    again = load_dataset("tiny-imagenet", root=tmp_path, val_fraction=0.25)
+    assert decoded == []  # both splits came from the cache
+    for a, b in ((first.train, again.train), (first.val, again.val), (first.test, again.test)):
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+
+    image = tmp_path / "val" / "images" / "val_0.JPEG"  # a changed file is decoded again
+    Image.new("RGB", (8, 8), (250, 0, 0)).save(image, quality=100)
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    changed = load_dataset("tiny-imagenet", root=tmp_path, val_fraction=0.25)
+    assert decoded == [3]  # only the val split (3 images)
+    assert (changed.test.images[0].float().mean(dim=(1, 2)) - torch.tensor([250.0, 0, 0])
+            ).abs().max() <= 3
+    assert len(list(cache.glob("val-*.pt"))) == 1  # the stale cache was replaced
+
+    for file in cache.glob("val-*.pt"):  # a corrupt cache: a warning and a decode
+        file.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="ignoring the decoded-image cache .*corrupt"):
+        load_dataset("tiny-imagenet", root=tmp_path, val_fraction=0.25)
+    assert decoded == [3, 3]
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tiny_imagenet, "save_checkpoint", no_space)
+    for file in cache.glob("train-*.pt"):
+        file.unlink()
+    with pytest.warns(UserWarning, match="cannot write the decoded-image cache .*No space"):
+        unwritten = load_dataset("tiny-imagenet", root=tmp_path, val_fraction=0.25)
+    assert torch.equal(unwritten.train.images, first.train.images)
+
+    nocache = tmp_path / "other"
+    _write_tiny_imagenet(nocache)
+    load_dataset("tiny-imagenet", root=nocache, cache=False)
+    assert not (nocache / tiny_imagenet.CACHE_DIR).exists()
+    with pytest.raises(TypeError, match="cache='yes' must be True or False"):
+        load_dataset("tiny-imagenet", root=nocache, cache="yes")
+
+
+@pytest.mark.skipif(not HAS_PIL, reason="needs Pillow")
 def test_tiny_imagenet_errors(tmp_path):
     from PIL import Image
 
