@@ -276,7 +276,8 @@ def _compiled_pass(kernels, n_mat, r, c, need, draws, values, gain=1.0):
         i, j, theta = draws.chunk(len(levels))
         level = np.full(i.shape, -1, dtype=np.int64)
         if values.shape[2] > 0:
-            cos, sin = np.cos(theta).astype(values.dtype), np.sin(theta).astype(values.dtype)
+            cos = np.cos(theta).astype(values.dtype, copy=False)
+            sin = np.sin(theta).astype(values.dtype, copy=False)
         else:  # nothing to rotate
             cos = sin = theta
         kernels.scan(i, j, cos, sin, need, bits, count, nnz, layer, stopped, level, values,
