@@ -18,41 +18,15 @@ first call).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
-from orthosparse import eoi_group_
+from _common import eoi_by_shape, median_time
 from orthosparse.givens import NUMBA_ENV, backend
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (numba loads or compiles its kernel on the first call)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def groups_of(weights: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    by_shape: dict[tuple, list[torch.Tensor]] = {}
-    for w in weights:
-        by_shape.setdefault(tuple(w.shape), []).append(w)
-    return list(by_shape.values())
-
-
-def init_all(weights: list[torch.Tensor], density: float, seed: int) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    masks = []
-    for group in groups_of(weights):
-        masks += eoi_group_(group, density, generator=g)
-    return masks
 
 
 def cases(quick: bool) -> list[tuple[str, list[torch.Tensor], float]]:
@@ -71,16 +45,29 @@ def cases(quick: bool) -> list[tuple[str, list[torch.Tensor], float]]:
     return out
 
 
-def with_backend(value: str, fn):
+@contextlib.contextmanager
+def backend_set(value: str):
+    """``ORTHOSPARSE_NUMBA=value`` inside the block (EOI reads it on every call)."""
     old = os.environ.get(NUMBA_ENV)
     os.environ[NUMBA_ENV] = value
     try:
-        return fn()
+        yield
     finally:
         if old is None:
             del os.environ[NUMBA_ENV]
         else:
             os.environ[NUMBA_ENV] = old
+
+
+def measure(value: str, weights: list[torch.Tensor], density: float, repeats: int
+            ) -> tuple[float, list[torch.Tensor], list[torch.Tensor]]:
+    """(median seconds, masks, weights) of EOI on ``weights`` with backend ``value``."""
+    with backend_set(value):
+        seconds = median_time(  # the warm-up loads the compiled kernel
+            lambda: eoi_by_shape(weights, density, torch.Generator().manual_seed(0)), repeats,
+            warmup=True)
+        masks = eoi_by_shape(weights, density, torch.Generator().manual_seed(1))
+    return seconds, masks, [w.clone() for w in weights]
 
 
 def cold_start(value: str) -> tuple[float, float]:
@@ -109,7 +96,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    if with_backend("1", backend) != "numba":
+    with backend_set("1"):
+        found = backend()
+    if found != "numba":
         sys.exit("numba is not installed: pip install numba (or the [fast] extra)")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of "
           f"{args.repeats}; ratio = python / numba")
@@ -118,18 +107,12 @@ def main() -> None:
     for name, weights, density in cases(args.quick):
         big = sum(w.numel() for w in weights) >= 10**7
         reps = max(3, args.repeats // 2) if big else args.repeats
-        times, results = {}, {}
-        for value in ("1", "0"):
-            times[value] = with_backend(value, lambda: median_time(
-                lambda: init_all(weights, density, 0), reps))  # noqa: B023
-            masks = with_backend(value, lambda: init_all(weights, density, 1))  # noqa: B023
-            results[value] = (masks, [w.clone() for w in weights])
-        same = all(torch.equal(a, b) for a, b in zip(results["1"][0], results["0"][0],
-                                                      strict=True))
-        diff = max((a - b).abs().max().item() for a, b in zip(results["1"][1], results["0"][1],
-                                                               strict=True))
-        print(f"{name:<26} {density:>7g} {times['1']:>10.3g} {times['0']:>10.3g} "
-              f"{times['0'] / times['1']:>7.2f}  {str(same):<10}  {diff:.1e}", flush=True)
+        t_numba, masks_numba, w_numba = measure("1", weights, density, reps)
+        t_python, masks_python, w_python = measure("0", weights, density, reps)
+        same = all(torch.equal(a, b) for a, b in zip(masks_numba, masks_python, strict=True))
+        diff = max((a - b).abs().max().item() for a, b in zip(w_numba, w_python, strict=True))
+        print(f"{name:<26} {density:>7g} {t_numba:>10.3g} {t_python:>10.3g} "
+              f"{t_python / t_numba:>7.2f}  {str(same):<10}  {diff:.1e}", flush=True)
     print("\nfresh process (compiled kernel already cached on disk):")
     for value, label in (("1", "numba"), ("0", "python")):
         imp, first = cold_start(value)

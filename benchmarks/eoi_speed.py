@@ -13,32 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
 
 import torch
 
+from _common import median_time
 from orthosparse import eoi_, eoi_group_
 from orthosparse.givens import backend, reference_sparse_orthogonal
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_time(fn, device, repeats: int) -> float:
-    fn()  # warm-up
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def row(name: str, eoi_s: float, ref_s: float, ref_name: str, target: str) -> dict:
@@ -52,8 +35,10 @@ def row(name: str, eoi_s: float, ref_s: float, ref_name: str, target: str) -> di
 def square_vs_orthogonal(n: int, density: float, device, repeats: int, target: str) -> dict:
     g = torch.Generator().manual_seed(0)
     w = torch.empty(n, n, device=device)
-    t_eoi = median_time(lambda: eoi_(w, density, generator=g), device, repeats)
-    t_orth = median_time(lambda: torch.nn.init.orthogonal_(w), device, repeats)
+    t_eoi = median_time(lambda: eoi_(w, density, generator=g), repeats, warmup=True,
+                        device=device)
+    t_orth = median_time(lambda: torch.nn.init.orthogonal_(w), repeats, warmup=True,
+                         device=device)
     return row(f"{n}x{n} d={density} [{device.type}]", t_eoi, t_orth, "orthogonal_", target)
 
 
@@ -126,7 +111,8 @@ def main() -> None:
         if not args.no_oracle:
             g = torch.Generator().manual_seed(0)
             w = torch.empty(big, big)
-            t_fast = median_time(lambda: eoi_(w, 0.1, generator=g), device, args.repeats)
+            t_fast = median_time(lambda: eoi_(w, 0.1, generator=g), args.repeats, warmup=True,
+                                 device=device)
             t0 = time.perf_counter()
             reference_sparse_orthogonal(big, big, 0.1, generator=g, dtype=torch.float32)
             t_ref = time.perf_counter() - t0  # one run: the oracle is the slow reference
@@ -134,8 +120,8 @@ def main() -> None:
                             "<= 1/300 = 0.0033"))
         layers = [torch.empty(128, 128) for _ in range(1000)]
         g = torch.Generator().manual_seed(0)
-        t_batch = median_time(lambda: eoi_group_(layers, 0.125, generator=g), device,
-                              args.repeats)
+        t_batch = median_time(lambda: eoi_group_(layers, 0.125, generator=g), args.repeats,
+                              warmup=True, device=device)
         print(f"{'1000 x 128x128 d=0.125 [cpu]':<34} eoi {t_batch * 1e3:9.1f} ms   "
               f"target <= 250 ms total")
         rows.append({"case": "1000 x 128x128 d=0.125 cpu", "eoi_s": t_batch,
@@ -146,8 +132,8 @@ def main() -> None:
         rows.append(square_vs_orthogonal(n, 0.1, device, args.repeats, "<= 0.1 and <= 50 ms"))
         layers = [torch.empty(128, 128, device=device) for _ in range(1000)]
         g = torch.Generator().manual_seed(0)
-        t_batch = median_time(lambda: eoi_group_(layers, 0.125, generator=g), device,
-                              args.repeats)
+        t_batch = median_time(lambda: eoi_group_(layers, 0.125, generator=g), args.repeats,
+                              warmup=True, device=device)
         print(f"{'1000 x 128x128 d=0.125 [cuda]':<34} eoi {t_batch * 1e3:9.1f} ms")
         rows.append({"case": "1000 x 128x128 d=0.125 cuda", "eoi_s": t_batch})
         rows.append(peak_memory_cuda(n, 0.1, device))

@@ -45,11 +45,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from _common import eoi_by_shape, median_time
 from orthosparse._layers import prunable_layers
 from orthosparse.baselines import approximate_isometry_, sao_, sao_degrees, sao_layers_
 from orthosparse.diagnostics import orthogonality_error
 from orthosparse.givens import backend
-from orthosparse.init import eoi_, eoi_group_, orthogonal_
+from orthosparse.init import eoi_, orthogonal_
 
 AI_ITERATIONS = 1000
 METHODS = ("eoi", "sao", "ai", "orthogonal")
@@ -57,15 +58,6 @@ METHODS = ("eoi", "sao", "ai", "orthogonal")
 
 def progress(message: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def uniform_mask(shape: tuple[int, ...], density: float, generator: torch.Generator
@@ -176,15 +168,7 @@ def init_model(method: str, weights: list[torch.Tensor], density: float, activat
             orthogonal_(w, generator=gen)
         return [torch.ones(w.shape, dtype=torch.bool) for w in weights], 0
     if method == "eoi":
-        groups: dict[tuple, list[int]] = {}
-        for i, w in enumerate(weights):
-            groups.setdefault(tuple(w.shape), []).append(i)
-        masks: list[torch.Tensor] = [None] * len(weights)  # type: ignore[list-item]
-        for idx in groups.values():
-            for i, m in zip(idx, eoi_group_([weights[i] for i in idx], density, generator=gen),
-                            strict=True):
-                masks[i] = m
-        return masks, 0
+        return eoi_by_shape(weights, density, gen), 0
     if method == "sao":
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

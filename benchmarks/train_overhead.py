@@ -28,6 +28,7 @@ import time
 import torch
 from torch import nn
 
+from _common import sync
 from orthosparse._layers import prunable_layers
 from orthosparse.masks import compute_masks
 from orthosparse.schemes import init_layers
@@ -52,11 +53,6 @@ def cifar_cnn() -> nn.Sequential:
         nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
     )
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def one_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,

@@ -1,0 +1,49 @@
+"""Helpers shared by the benchmark scripts: timing and EOI over a model's weights."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from orthosparse import eoi_group_
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], object], repeats: int, *, warmup: bool = False,
+                device: torch.device | None = None) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` (after one untimed call if ``warmup``),
+    each synchronized with ``device`` when given."""
+    device = device or torch.device("cpu")
+    if warmup:
+        fn()
+        sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def eoi_by_shape(weights: list[torch.Tensor], density: float,
+                 generator: torch.Generator) -> list[torch.Tensor]:
+    """EOI on every weight, same-shape weights in one ``eoi_group_`` call (as ``sparsify``
+    does); the masks in the order of ``weights``."""
+    groups: dict[tuple, list[int]] = {}
+    for i, w in enumerate(weights):
+        groups.setdefault(tuple(w.shape), []).append(i)
+    masks: list[torch.Tensor] = [None] * len(weights)  # type: ignore[list-item]
+    for idx in groups.values():
+        for i, m in zip(idx, eoi_group_([weights[i] for i in idx], density, generator=generator),
+                        strict=True):
+            masks[i] = m
+    return masks
