@@ -81,7 +81,7 @@ def unpack(bits, out, transpose):
 
 
 @numba.njit(cache=True)
-def scan(cols_i, cols_j, cos, sin, need, bits, count, nnz, layer, stopped, level, values, apply):
+def scan(cols_i, cols_j, cos, sin, need, bits, count, nnz, layer, stopped, level, values):
     """Advance every unstopped matrix through one chunk of its stream, in place.
 
     cols_i, cols_j, cos, sin: (batch, n) rotations, ``cos``/``sin`` in the dtype of ``values``
@@ -89,7 +89,7 @@ def scan(cols_i, cols_j, cos, sin, need, bits, count, nnz, layer, stopped, level
     (batch, c, words) uint64 supports; count: (batch, c) support sizes; nnz: (batch,); layer:
     (batch, c) latest layer per column (-1: none); stopped: (batch,) bool; level: (batch, n)
     output, the layer of each kept rotation (untouched for the others); values: (batch, c, r)
-    rows of A^T, rotated when ``apply``.
+    rows of A^T, rotated in place (``r = 0``: only the supports and layers are tracked).
     """
     batch, n = cols_i.shape
     words = bits.shape[2]
@@ -131,11 +131,10 @@ def scan(cols_i, cols_j, cos, sin, need, bits, count, nnz, layer, stopped, level
                 if active and run < 0:
                     run = w
                 elif not active and run >= 0:
-                    if apply:  # rotate rows 64*run .. 64*w - 1 in one vectorizable loop
-                        for k in range(64 * run, min(64 * w, r)):
-                            x, y = vi[k], vj[k]
-                            vi[k] = cs * x + sn * y
-                            vj[k] = cs * y - sn * x
+                    for k in range(64 * run, min(64 * w, r)):  # one vectorizable loop
+                        x, y = vi[k], vj[k]
+                        vi[k] = cs * x + sn * y
+                        vj[k] = cs * y - sn * x
                     run = -1
             if done:
                 stopped[b] = True

@@ -280,8 +280,7 @@ def _compiled_pass(kernels, n_mat, r, c, need, draws, values, gain=1.0):
             sin = np.sin(theta).astype(values.dtype, copy=False)
         else:  # nothing to rotate
             cos = sin = theta
-        kernels.scan(i, j, cos, sin, need, bits, count, nnz, layer, stopped, level, values,
-                     values.shape[2] > 0)
+        kernels.scan(i, j, cos, sin, need, bits, count, nnz, layer, stopped, level, values)
         levels.append(level)
     return bits, levels
 
