@@ -94,6 +94,7 @@ def scan(cols_i, cols_j, cos, sin, need, bits, count, nnz, layer, stopped, level
     batch, n = cols_i.shape
     words = bits.shape[2]
     r = values.shape[2]
+    rotate = r > 0
     for b in range(batch):
         if stopped[b]:
             continue
@@ -131,10 +132,11 @@ def scan(cols_i, cols_j, cos, sin, need, bits, count, nnz, layer, stopped, level
                 if active and run < 0:
                     run = w
                 elif not active and run >= 0:
-                    for k in range(64 * run, min(64 * w, r)):  # one vectorizable loop
-                        x, y = vi[k], vj[k]
-                        vi[k] = cs * x + sn * y
-                        vj[k] = cs * y - sn * x
+                    if rotate:  # rows 64*run .. 64*w - 1 in one vectorizable loop
+                        for k in range(64 * run, min(64 * w, r)):
+                            x, y = vi[k], vj[k]
+                            vi[k] = cs * x + sn * y
+                            vj[k] = cs * y - sn * x
                     run = -1
             if done:
                 stopped[b] = True
