@@ -94,6 +94,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats={args.repeats} must be >= 1")
+    if args.threads < 0:
+        parser.error(f"--threads={args.threads} must be >= 0 (0: torch's default)")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     with backend_set("1"):

@@ -313,6 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.repeats < 3:
         parser.error(f"--repeats={args.repeats} must be >= 3 (median of at least 3 runs)")
+    if args.threads < 0:
+        parser.error(f"--threads={args.threads} must be >= 0 (0: torch's default)")
     sizes = args.sizes or ([128, 256, 512] if args.quick else [128, 256, 512, 1024, 2048, 4096])
     densities = args.densities or ([0.05, 0.125, 0.5] if args.quick
                                    else [0.05, 0.125, 0.25, 0.5])
