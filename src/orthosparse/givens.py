@@ -44,7 +44,7 @@ give the same matrix:
   5. *Compiled* (optional, the default when numba is installed): :mod:`orthosparse._eoi_numba`
      walks each matrix's stream in order with bitset supports, stops by the same rule and, on the
      CPU, rotates the values as it goes (only the 64-row blocks where the pair is nonzero): no
-     schedule and no array call per layer, 2.3x-3.7x faster than the steps above on every size
+     schedule and no array call per layer, 2.2x-3.7x faster than the steps above on every size
      (``benchmarks/eoi_backends.py``). On other devices it hands the kept rotations and their
      layers to the layered passes of step 3. ``ORTHOSPARSE_NUMBA=0`` turns it off; both give the
      same masks, and values equal up to rounding.
