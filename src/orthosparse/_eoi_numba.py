@@ -18,8 +18,8 @@ that devices other than the CPU can apply the kept rotations with the layered to
 
 Importing this module needs numba; :mod:`orthosparse.givens` imports it on first use only (see
 ``givens.compiled_kernels``). Each kernel is compiled on first call and cached on disk by numba
-(``cache=True``): the first call in a fresh environment takes about a second, later processes load
-it in about 0.3 s.
+(``cache=True``): the first call in a fresh environment takes about 1.5 s, and the first call of a
+later process about 0.5 s (importing numba and loading the cache).
 """
 
 from __future__ import annotations
