@@ -26,7 +26,7 @@ import sys
 import torch
 
 from _common import eoi_by_shape, median_time
-from orthosparse.givens import NUMBA_ENV, backend
+from orthosparse.eoi.generator import NUMBA_ENV, backend
 
 
 def cases(quick: bool) -> list[tuple[str, list[torch.Tensor], float]]:

@@ -21,7 +21,7 @@ import torch
 
 from _common import median_time
 from orthosparse import eoi_, eoi_group_
-from orthosparse.givens import backend, reference_sparse_orthogonal
+from orthosparse.eoi.generator import backend, reference_sparse_orthogonal
 
 
 def row(name: str, eoi_s: float, ref_s: float, ref_name: str, target: str) -> dict:

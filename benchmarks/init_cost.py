@@ -49,7 +49,7 @@ from _common import eoi_by_shape, median_time
 from orthosparse._layers import prunable_layers
 from orthosparse.baselines import approximate_isometry_, sao_, sao_degrees, sao_layers_
 from orthosparse.diagnostics import orthogonality_error
-from orthosparse.givens import backend
+from orthosparse.eoi.generator import backend
 from orthosparse.init import eoi_, orthogonal_
 
 AI_ITERATIONS = 1000

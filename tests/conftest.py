@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orthosparse.cli import main
+from orthosparse.lab.cli import main
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from orthosparse.checkpoint import (
+from orthosparse.lab.checkpoint import (
     CheckpointError,
     load_checkpoint,
     rng_state,

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from orthosparse.config import config_fields, resolve_config
-from orthosparse.presets import list_presets
+from orthosparse.lab.config import config_fields, resolve_config
+from orthosparse.lab.presets import list_presets
 
 TINY_FLAGS = [
     "--dataset", "synthetic", "--data-options", "input_shape=[1,4,4]", "train_size=64",

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from orthosparse.config import (
+from orthosparse.lab.config import (
     NOT_HASHED,
     TrainConfig,
     config_from_dict,
@@ -18,7 +18,7 @@ from orthosparse.config import (
     parse_field,
     resolve_config,
 )
-from orthosparse.presets import PAPER_PROTOCOL, get_preset, list_presets
+from orthosparse.lab.presets import PAPER_PROTOCOL, get_preset, list_presets
 
 
 def write(tmp_path, text, name="cfg.toml"):
@@ -227,7 +227,7 @@ def test_json_round_trip_is_exact():
 
 
 def test_scoped_sparsify_options_apply_to_their_init_or_mask_only():
-    from orthosparse.config import check_names, sparsify_options_for
+    from orthosparse.lab.config import check_names, sparsify_options_for
 
     items = ["sao:fallback=true", "eoi:center_density=more", "ai:iterations=5", "x=a:b"]
     for init, expected in [("sao", {"fallback": True, "x": "a:b"}),

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import orthosparse
-from orthosparse.config import config_from_dict
-from orthosparse.distributed import (
+from orthosparse.lab.config import config_from_dict
+from orthosparse.lab.distributed import (
     compare_checksums,
     find_free_port,
     init_distributed,
@@ -24,7 +24,7 @@ from orthosparse.distributed import (
     wrap_model,
 )
 from orthosparse.sparse import apply_masks, mask_checksum
-from orthosparse.train import train
+from orthosparse.lab.train import train
 
 # 86 training examples after the hold-out, global batch 15: 5 full batches + one of 11, so the
 # two shards are uneven (8/7, then 6/5: a per-rank mean loss would weigh them wrongly); 6 steps
@@ -113,7 +113,7 @@ def test_sharded_sum_losses_give_the_mean_loss_gradient():
     F.cross_entropy(model(x), y).backward()
     want = [p.grad.clone() for p in model.parameters()]
     k, total = 3, None
-    from orthosparse.distributed import DistContext
+    from orthosparse.lab.distributed import DistContext
 
     for rank in range(k):  # what DDP averages: (1/K) sum_r grad(sum_r l_i * K / B)
         ctx = DistContext(rank, k, rank, "gloo", torch.device("cpu"))
@@ -127,7 +127,7 @@ def test_sharded_sum_losses_give_the_mean_loss_gradient():
 
 
 def test_shard_splits_a_batch_into_contiguous_slices():
-    from orthosparse.distributed import DistContext
+    from orthosparse.lab.distributed import DistContext
 
     batch = torch.arange(7)
     parts = [shard(batch, DistContext(r, 2, r, "gloo", torch.device("cpu"))) for r in range(2)]

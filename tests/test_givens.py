@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from orthosparse import _eoi_arrays, _eoi_stream, givens
-from orthosparse.givens import reference_sparse_orthogonal, sparse_orthogonal
+from orthosparse.eoi import arrays as _eoi_arrays, stream as _eoi_stream, generator as givens
+from orthosparse.eoi.generator import reference_sparse_orthogonal, sparse_orthogonal
 
 SHAPES = [(16, 16), (12, 40), (40, 12), (1, 24), (24, 1), (1, 1), (2, 2), (70, 130)]
 TOL = {torch.float32: 1e-6, torch.float64: 1e-13}  # max |entry| of W W^T - gain^2 I
@@ -346,8 +346,8 @@ def test_without_numba_the_python_path_runs(monkeypatch):
 
     givens._import_kernel.cache_clear()
     monkeypatch.setitem(sys.modules, "numba", None)  # "import numba" raises ModuleNotFoundError
-    monkeypatch.delitem(sys.modules, "orthosparse._eoi_numba", raising=False)
-    monkeypatch.delattr(orthosparse, "_eoi_numba", raising=False)  # the package attribute too
+    monkeypatch.delitem(sys.modules, "orthosparse.eoi.compiled", raising=False)
+    monkeypatch.delattr(orthosparse.eoi, "compiled", raising=False)  # the package attribute too
     try:
         assert givens.backend() == "python"
         w, m = sparse_orthogonal(30, 30, 0.3, generator=gen(1), dtype=torch.float64)
@@ -367,8 +367,8 @@ def test_unusable_numba_warns_and_falls_back(monkeypatch):
     broken = types.ModuleType("numba")  # imports, but has no njit: loading the kernels fails
     givens._import_kernel.cache_clear()
     monkeypatch.setitem(sys.modules, "numba", broken)
-    monkeypatch.delitem(sys.modules, "orthosparse._eoi_numba", raising=False)
-    monkeypatch.delattr(orthosparse, "_eoi_numba", raising=False)
+    monkeypatch.delitem(sys.modules, "orthosparse.eoi.compiled", raising=False)
+    monkeypatch.delattr(orthosparse.eoi, "compiled", raising=False)
     try:
         with pytest.warns(UserWarning, match="EOI kernel cannot be loaded .*AttributeError"):
             assert givens.backend() == "python"

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from orthosparse import givens
+from orthosparse.eoi import generator as givens
 from orthosparse.init import center_density_for, eoi_, eoi_group_, orthogonal_
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from orthosparse.config import config_fields, resolve_config
-from orthosparse.inspection import OUTPUT_FILES, inspect
+from orthosparse.lab.config import config_fields, resolve_config
+from orthosparse.lab.inspection import OUTPUT_FILES, inspect
 from orthosparse.plotting import plot_jacobian_vs_density
 
 TINY = ["--data", "digits", "--model", "mlp", "--depth", "4", "--width", "16",
@@ -154,7 +154,7 @@ def test_eoi_deep_linear_mlp_has_all_singular_values_gain_to_the_depth(cli, caps
 
 
 def test_python_function_matches_the_jacobian_training_records_at_init(tmp_path):
-    from orthosparse.train import train
+    from orthosparse.lab.train import train
 
     # SNIP reads batches from the mask-data stream and scores the default-initialized weights:
     # the model, mask and weights match training's only if everything is built the same way.
@@ -354,7 +354,7 @@ def test_sweep_with_no_buildable_cell_raises_and_other_errors_propagate(monkeypa
                                          r"at density 0\.25: layer 'head\.weight': SAO cannot"):
         inspect(cfg, "sao", densities=[0.25], examples=2)
 
-    import orthosparse.inspection as inspection
+    import orthosparse.lab.inspection as inspection
 
     def broken(cfg, *args, **kwargs):
         raise RuntimeError(f"out of memory at density {cfg.density}")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orthosparse.cli import main
-from orthosparse.config import TrainConfig, config_from_dict, config_hash, config_to_dict
-from orthosparse.report import (
+from orthosparse.lab.cli import main
+from orthosparse.lab.config import TrainConfig, config_from_dict, config_hash, config_to_dict
+from orthosparse.lab.report import (
     collect_runs,
     plot_accuracy_vs_density,
     plot_jacobian,
@@ -19,7 +19,7 @@ from orthosparse.report import (
     report,
     results_table,
 )
-from orthosparse.train import train
+from orthosparse.lab.train import train
 
 # test accuracy per (init, density): three seeds each, values chosen so mean/std are round
 ACC = {("eoi", 0.05): [0.90, 0.92, 0.94], ("eoi", 0.1): [0.95, 0.96, 0.97],

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 import orthosparse
-from orthosparse.cli import main
-from orthosparse.config import config_hash
-from orthosparse.presets import PAPER_INITS, PAPER_MASKS, list_sweeps
-from orthosparse.sweep import (
+from orthosparse.lab.cli import main
+from orthosparse.lab.config import config_hash
+from orthosparse.lab.presets import PAPER_INITS, PAPER_MASKS, list_sweeps
+from orthosparse.lab.sweep import (
     expand_sweep,
     load_sweep,
     parse_overrides,
@@ -24,7 +24,7 @@ from orthosparse.sweep import (
     run_sweep,
     sweep_to_toml,
 )
-from orthosparse.train import train
+from orthosparse.lab.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SRC = str(Path(orthosparse.__file__).resolve().parents[1])
@@ -317,7 +317,7 @@ def test_ctrl_c_stops_cleanly_and_a_restart_finishes(tmp_path):
 
 
 def test_index_is_rewritten_as_each_run_ends(tmp_path, monkeypatch):
-    from orthosparse import sweep as sweep_module
+    from orthosparse.lab import sweep as sweep_module
 
     grid = TINY_GRID.split("[[add]]")[0].replace("seed = [0, 1, 2]", "seed = [0, 1]")
     snapshots = []

@@ -4,10 +4,10 @@
 Initialization` - Nowak et al. (2024), arXiv 2406.01755.
 
 The short public API lives here; the modules hold the rest (``orthosparse.diagnostics``,
-``orthosparse.models``, ``orthosparse.data``, ``orthosparse.train``, ``orthosparse.baselines``).
+``orthosparse.models``, ``orthosparse.data``, ``orthosparse.lab.train``, ``orthosparse.baselines``).
 """
 
-from .givens import sparse_orthogonal
+from .eoi.generator import sparse_orthogonal
 from .init import eoi_, eoi_group_, orthogonal_
 from .masks import compute_masks, list_mask_methods
 from .sparse import (

@@ -1,6 +1,6 @@
 """``python -m orthosparse ...``: the same command line as the ``orthosparse`` script."""
 
-from orthosparse.cli import main
+from orthosparse.lab.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

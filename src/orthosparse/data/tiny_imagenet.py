@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..lab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .dataset import DataSplits, Normalize, build_splits
 
 __all__ = ["load_tiny_imagenet", "IMAGENET_STATS"]
@@ -60,7 +60,7 @@ def _decoded(paths: list[Path], root: Path, tag: str, cache: bool) -> torch.Tens
     """The images of ``paths`` as uint8 (N, 3, H, W): read from the cache under ``root`` when it
     holds exactly these files (names, sizes, modification times), else decoded and cached.
 
-    The cache is written atomically (:func:`orthosparse.checkpoint.save_checkpoint`); a corrupt
+    The cache is written atomically (:func:`orthosparse.lab.checkpoint.save_checkpoint`); a corrupt
     or unwritable cache only costs a warning and a decode, never the load.
     """
     if not cache:

@@ -71,7 +71,7 @@ class RunExistsError(FileExistsError):
 
 @dataclass
 class RunResult:
-    """What :func:`orthosparse.train.train` returns: where the run lives, how it ended, metrics.
+    """What :func:`orthosparse.lab.train.train` returns: where the run lives, how it ended, metrics.
 
     Attributes:
         run_dir: the run directory.
@@ -222,7 +222,7 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def load_run(run_dir: str | Path) -> RunResult:
-    """Read a run directory written by :func:`orthosparse.train.train` (config, history, final).
+    """Read a run directory written by :func:`orthosparse.lab.train.train` (config, history, final).
 
     Raises:
         FileNotFoundError: no ``config.json`` in ``run_dir``.

@@ -1,6 +1,6 @@
 """Grids of runs: ``orthosparse sweep GRID.toml --jobs N`` expands, runs, skips, resumes.
 
-A sweep file (or a named sweep preset, :func:`orthosparse.presets.list_sweeps`) has four parts::
+A sweep file (or a named sweep preset, :func:`orthosparse.lab.presets.list_sweeps`) has four parts::
 
     [sweep]                      # name (default: the file name), preset, config (a base TOML
     name = "mlp-grid"            # config file, relative to this file), description, out
@@ -24,7 +24,7 @@ A sweep file (or a named sweep preset, :func:`orthosparse.presets.list_sweeps`) 
 On disk, ``<out>/<name>/`` holds ``sweep.json`` (the expanded grid: every run's directory,
 config hash and varying values), ``index.json``/``index.csv`` (each run's state and metrics,
 rewritten whenever a run ends), ``sweep.log``, and ``runs/<name>-<hash>/`` per run (see
-:mod:`orthosparse.runs`). All state lives in those files: a restart expands the grid again,
+:mod:`orthosparse.lab.runs`). All state lives in those files: a restart expands the grid again,
 skips runs with a ``final.json`` (finished or diverged), resumes runs with a checkpoint from
 it, retries failed runs (``failed.json`` holds the traceback) unless ``retry_failed=False``,
 and finds a run by its config hash even if its directory name changed with the grid.

@@ -5,7 +5,7 @@
     orthosparse train --preset mlp --density 0.05 --seed 1
     orthosparse train --config my.toml --lr 0.1 --resume
 
-``train`` flags are generated from the fields of :class:`~orthosparse.config.TrainConfig` (help
+``train`` flags are generated from the fields of :class:`~orthosparse.lab.config.TrainConfig` (help
 text included). Commands are a registry: another module adds one with
 ``COMMANDS.register("sweep", Command(...))``; the modules named in :data:`EXTENSIONS` are imported
 (when present) before the parser is built.
@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._registry import Registry
+from .._registry import Registry
 from .config import (
     GROUPS,
     check_names,
@@ -58,8 +58,8 @@ class Command:
 COMMANDS: Registry[Command] = Registry("command")
 
 # Modules that register more commands (``sweep``, ``report``, ``inspect``), imported if present.
-EXTENSIONS: tuple[str, ...] = ("orthosparse.sweep", "orthosparse.report",
-                               "orthosparse.inspection")
+EXTENSIONS: tuple[str, ...] = ("orthosparse.lab.sweep", "orthosparse.lab.report",
+                               "orthosparse.lab.inspection")
 
 
 class _UsageError(Exception):

@@ -1,7 +1,7 @@
 """Train one configured experiment: data -> model -> sparsify -> optimize -> logs and checkpoints.
 
 ``train(config)`` runs the whole experiment in ``<out>/<name>-<config hash>/`` (the files are
-described in :mod:`orthosparse.runs`). A finished run is found and returned without training
+described in :mod:`orthosparse.lab.runs`). A finished run is found and returned without training
 again (unless ``force=True``); a killed run continues with ``resume=True`` to the same result as
 an uninterrupted one (bitwise on CPU): the model, optimizer, schedule, grad scaler, global RNGs
 and the data-loader generator's state at the start of the interrupted epoch are restored, and
@@ -10,11 +10,11 @@ included).
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) the same call trains one model with
 DistributedDataParallel over all processes, with the result of a single process using the same
-global batch (:mod:`orthosparse.distributed`); rank 0 writes every file, and a checkpoint from
+global batch (:mod:`orthosparse.lab.distributed`); rank 0 writes every file, and a checkpoint from
 a distributed run resumes with any number of processes.
 
 Example:
-    >>> from orthosparse.config import resolve_config
+    >>> from orthosparse.lab.config import resolve_config
     >>> result = train(resolve_config("digits", overrides={"epochs": 3}))
     >>> result.final["test_acc"]
 """
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._layers import prunable_layers
+from .._layers import prunable_layers
 from .checkpoint import (
     CheckpointError,
     generator_state,
@@ -105,7 +105,7 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
     Raises:
         ValueError: a set field the model does not take (naming the ones it takes).
     """
-    from .models import create_model, model_arguments
+    from ..models import create_model, model_arguments
 
     accepted = model_arguments(config.model)
     kwargs: dict[str, Any] = {"input_shape": tuple(input_shape), "num_classes": num_classes}
@@ -269,8 +269,8 @@ class _Run:
 
     # ---------------------------------------------------------------- setup
     def _setup(self) -> None:
-        from .data import load_dataset, make_loader
-        from .sparsify import attach_optimizer, sparsify
+        from ..data import load_dataset, make_loader
+        from ..sparsify import attach_optimizer, sparsify
 
         cfg, device = self.cfg, self.device
         splits = load_dataset(cfg.dataset, root=cfg.data_root, val_fraction=cfg.val_fraction,
@@ -338,7 +338,7 @@ class _Run:
         if not self.main:
             return None
         try:
-            from .diagnostics import jacobian_summary
+            from ..diagnostics import jacobian_summary
         except ImportError:
             return None
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -464,7 +464,7 @@ class _Run:
 
         One process: the mean cross-entropy. Several: this rank's slice, loss = sum of its
         per-example losses x ``K / B`` so that DDP's gradient average is the global mean's
-        gradient (see :mod:`orthosparse.distributed`); loss and accuracy are all-reduced.
+        gradient (see :mod:`orthosparse.lab.distributed`); loss and accuracy are all-reduced.
         """
         device, dist = self.device, self.dist
         with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32,

@@ -1,8 +1,8 @@
 """The random rotation stream and the stop rule that every EOI implementation shares.
 
-Same generator seed, same stream, same stop: the oracle (:func:`orthosparse.givens.
-reference_sparse_orthogonal`), the array passes (:mod:`orthosparse._eoi_arrays`) and the compiled
-kernel (:mod:`orthosparse._eoi_numba`) all build the same matrix.
+Same generator seed, same stream, same stop: the oracle (:func:`orthosparse.eoi.generator.
+reference_sparse_orthogonal`), the array passes (:mod:`orthosparse.eoi.arrays`) and the compiled
+kernel (:mod:`orthosparse.eoi.compiled`) all build the same matrix.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Named experiment presets: the rows of the paper's experiment table plus a fast default.
 
-Each preset is a set of :class:`~orthosparse.config.TrainConfig` overrides on top of the
+Each preset is a set of :class:`~orthosparse.lab.config.TrainConfig` overrides on top of the
 defaults. The paper protocol (`Sparser, Better, Deeper, Stronger: Improving Static Sparse
 Training with Exact Orthogonal Initialization` - Nowak et al. (2024), arXiv 2406.01755) is SGD
 with Nesterov momentum 0.9, batch 128, weight decay 1e-4, learning rate x0.1 at 50% and 75% of
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ._registry import Registry
+from .._registry import Registry
 
 __all__ = ["Preset", "PRESETS", "PAPER_PROTOCOL", "get_preset", "list_presets", "SweepPreset",
            "SWEEPS", "PAPER_MASKS", "PAPER_INITS", "PAPER_SEEDS", "get_sweep", "list_sweeps"]
@@ -108,7 +108,7 @@ def list_presets() -> list[str]:
 @dataclass(frozen=True)
 class SweepPreset:
     """A named grid of runs: a description and the sweep spec (the structure of a sweep TOML
-    file: ``sweep``, ``grid``, ``add``, ``exclude``; see :mod:`orthosparse.sweep`)."""
+    file: ``sweep``, ``grid``, ``add``, ``exclude``; see :mod:`orthosparse.lab.sweep`)."""
 
     name: str
     description: str

@@ -16,13 +16,13 @@ is ``gain * A`` (transposed when ``rows > cols``) and the mask is the support. A
 rotations is orthogonal, so ``W W^T = gain^2 I`` (wide) or ``W^T W = gain^2 I`` (tall) up to
 rounding.
 
-Two implementations share one random stream (:class:`orthosparse._eoi_stream.Draws`) and therefore
+Two implementations share one random stream (:class:`orthosparse.eoi.stream.Draws`) and therefore
 give the same matrix:
 
 * :func:`reference_sparse_orthogonal`: one rotation at a time, recounting the support after every
   step. Plain and slow; it is the test oracle.
 * :func:`sparse_orthogonal`: the fast path. Steps 1-4 (array passes, no numba) are in
-  :mod:`orthosparse._eoi_arrays`, step 5 in :mod:`orthosparse._eoi_numba`.
+  :mod:`orthosparse.eoi.arrays`, step 5 in :mod:`orthosparse.eoi.compiled`.
 
   1. *Scheduling.* Rotations on disjoint column pairs commute, so the sequence is cut into layers:
      each rotation goes one layer after the latest earlier rotation that shares a column (the
@@ -41,7 +41,7 @@ give the same matrix:
      one sequential scan per matrix with Python integers as bitsets finds the stop, each kept
      rotation's layer and the final support, and each layer is one stacked 2x2 matmul on the
      dense values; every array call costs microseconds, and this path makes the fewest.
-  5. *Compiled* (optional, the default when numba is installed): :mod:`orthosparse._eoi_numba`
+  5. *Compiled* (optional, the default when numba is installed): :mod:`orthosparse.eoi.compiled`
      walks each matrix's stream in order with bitset supports, stops by the same rule and, on the
      CPU, rotates the values as it goes (only the 64-row blocks where the pair is nonzero): no
      schedule and no array call per layer, 2.2x-3.7x faster than the steps above on every size
@@ -65,9 +65,9 @@ import warnings
 import numpy as np
 import torch
 
-from . import _eoi_arrays
-from ._checks import check_density, check_float_dtype, check_generator, check_positive_int
-from ._eoi_stream import Draws, expected_rotations, keep_later
+from . import arrays as _eoi_arrays
+from .._checks import check_density, check_float_dtype, check_generator, check_positive_int
+from .stream import Draws, expected_rotations, keep_later
 
 __all__ = ["sparse_orthogonal", "reference_sparse_orthogonal", "expected_rotations", "backend"]
 
@@ -227,7 +227,7 @@ NUMBA_ENV = "ORTHOSPARSE_NUMBA"
 
 
 def compiled_kernels():
-    """The numba kernels (the module :mod:`orthosparse._eoi_numba`), or None: numba is not
+    """The numba kernels (the module :mod:`orthosparse.eoi.compiled`), or None: numba is not
     installed or the environment variable ``ORTHOSPARSE_NUMBA`` is ``0`` (read on every call)."""
     text = os.environ.get(NUMBA_ENV, "1").strip()
     if text not in ("0", "1"):
@@ -239,7 +239,7 @@ def compiled_kernels():
 @functools.cache
 def _import_kernel():
     try:
-        from . import _eoi_numba
+        from . import compiled as _eoi_numba
     except Exception as err:
         if isinstance(err, ModuleNotFoundError) and err.name == "numba":
             return None  # not installed (the optional [fast] extra): the pure-Python path
@@ -255,7 +255,7 @@ def _import_kernel():
 def backend() -> str:
     """Which EOI implementation builds matrices: ``"numba"`` (compiled scan; on the CPU also the
     rotations) or ``"python"`` (numpy and torch array passes). Same masks, values equal up to
-    rounding; see :mod:`orthosparse._eoi_numba` and ``ORTHOSPARSE_NUMBA``."""
+    rounding; see :mod:`orthosparse.eoi.compiled` and ``ORTHOSPARSE_NUMBA``."""
     return "python" if compiled_kernels() is None else "numba"
 
 

@@ -1,7 +1,7 @@
 """EOI with array passes (numpy on small CPU problems, torch elsewhere): the path without numba,
 and on devices other than the CPU the layered application of the kept rotations.
 
-See :mod:`orthosparse.givens` for the scheduling, the bitset stop rule and the segment passes.
+See :mod:`orthosparse.eoi.generator` for the scheduling, the bitset stop rule and the segment passes.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._eoi_stream import keep_later
+from .stream import keep_later
 
 __all__ = ["apply_layers", "build", "collect", "dense_path"]
 

@@ -3,7 +3,7 @@
 ``torchrun --nproc_per_node=K -m orthosparse train ...`` (several machines: add ``--nnodes N
 --node_rank i --master_addr HOST --master_port PORT``) starts K processes per machine with
 ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set;
-:func:`orthosparse.train.train` finds them (:func:`init_distributed`) and trains one model with
+:func:`orthosparse.lab.train.train` finds them (:func:`init_distributed`) and trains one model with
 DDP: NCCL between GPUs (process ``LOCAL_RANK`` on ``cuda:LOCAL_RANK``), gloo on CPUs.
 
 Same result as one process with the same global batch ``B``, to rounding. Every rank walks the
@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .sparse import broadcast_masks, get_masks, mask_checksum
+from ..sparse import broadcast_masks, get_masks, mask_checksum
 
 __all__ = [
     "DistContext",

@@ -78,7 +78,7 @@ def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
 class TrainConfig:
     """Everything that defines one training run (data, model, sparsity, optimization, output).
 
-    Defaults are the fast ``digits`` setting; :mod:`orthosparse.presets` holds the paper's
+    Defaults are the fast ``digits`` setting; :mod:`orthosparse.lab.presets` holds the paper's
     experiments. Values are validated on construction (``TypeError``/``ValueError`` naming the
     field and the allowed values); names of datasets, models, masks and initializations are
     checked against their registries by :func:`check_names`.
@@ -607,7 +607,7 @@ def resolve_config(
     parsed like the command line).
 
     Args:
-        preset: name from :func:`orthosparse.presets.list_presets` (``None``: defaults).
+        preset: name from :func:`orthosparse.lab.presets.list_presets` (``None``: defaults).
         config_file: TOML file with config keys.
         overrides: ``{"lr": 0.1}`` applied last.
 
@@ -618,7 +618,7 @@ def resolve_config(
         >>> resolve_config("mlp", overrides={"density": 0.05}).density
         0.05
     """
-    from orthosparse.presets import get_preset
+    from orthosparse.lab.presets import get_preset
 
     file_data: dict[str, Any] = {}
     where = ""

@@ -149,7 +149,7 @@ def demo(*, out: str | Path = DEMO_DEFAULTS["out"], depth: int = DEMO_DEFAULTS["
          force: bool = False, plot: bool = True, verbose: bool = True) -> DemoResult:
     """Train a deep sparse tanh MLP on digits once per initialization; print and plot results.
 
-    Writes ``<out>/demo-<init>-<hash>/`` per run (see :func:`orthosparse.train.train`),
+    Writes ``<out>/demo-<init>-<hash>/`` per run (see :func:`orthosparse.lab.train.train`),
     ``<out>/demo.png`` (train loss and test accuracy per epoch) and ``<out>/demo.json``.
     Finished runs in ``out`` are reused unless ``force``.
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._checks import density_off_target
+from .._checks import density_off_target
 from .config import NOT_HASHED, config_fields, config_from_dict, config_hash
 from .runs import read_history
 

@@ -21,7 +21,7 @@ with orthogonal layers of gain ``g`` whose widths never grow past the input nor 
 outputs, ``J J^T = g^(2 depth) I``, so every singular value is ``g^depth``.
 
 Example:
-    >>> from orthosparse.config import resolve_config
+    >>> from orthosparse.lab.config import resolve_config
     >>> cfg = resolve_config("digits", overrides={"depth": 20, "activation": "linear"})
     >>> result = inspect(cfg, ["eoi", "kaiming"], out="inspect-digits")
     >>> result["results"]["eoi"]["jacobian"]["condition_number"]  # ~1.0
@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from ._checks import check_density, check_positive_int, density_off_target
+from .._checks import check_density, check_positive_int, density_off_target
 from .cli import (
     COMMANDS,
     PROG,
@@ -132,7 +132,7 @@ def _check_densities(densities: object) -> list[float]:
 def _load_batch(config: TrainConfig, examples: int, device: torch.device
                 ) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """Load the data and take the first ``examples`` test examples, as training does."""
-    from .data import load_dataset
+    from ..data import load_dataset
 
     splits = load_dataset(config.dataset, root=config.data_root,
                           val_fraction=config.val_fraction, seed=config.seed,
@@ -151,9 +151,9 @@ def _load_batch(config: TrainConfig, examples: int, device: torch.device
 
 def _build(config: TrainConfig, splits: Any, device: torch.device) -> torch.nn.Module:
     """Model + masks + init exactly as ``train``'s setup makes them (same seeds and order)."""
-    from .data import make_loader
+    from ..data import make_loader
     from .runtime import seed_for
-    from .sparsify import sparsify
+    from ..sparsify import sparsify
     from .train import build_model
 
     model = build_model(config, splits.input_shape, splits.num_classes).to(device)
@@ -172,7 +172,7 @@ def _measure(cfg: TrainConfig, splits: Any, inputs: torch.Tensor, targets: torch
              after_data: Any, device: torch.device) -> tuple[Any, torch.Tensor]:
     """Build ``cfg``'s network from the post-data RNG state; return (report, singular values)."""
     from .checkpoint import set_rng_state
-    from .diagnostics import inspect_model, jacobian_singular_values
+    from ..diagnostics import inspect_model, jacobian_singular_values
     from .runtime import run_scope
 
     with run_scope(cfg.seed, cfg.deterministic, cfg.threads):
@@ -185,7 +185,7 @@ def _measure(cfg: TrainConfig, splits: Any, inputs: torch.Tensor, targets: torch
 
 def _entry(report: Any, sv: torch.Tensor) -> dict[str, Any]:
     """The per-init result: Jacobian summary, spectra, per-layer report, propagation records."""
-    from .diagnostics import summarize_singular_values
+    from ..diagnostics import summarize_singular_values
 
     return {
         "jacobian": summarize_singular_values(sv),
@@ -217,7 +217,7 @@ def _comparison_table(results: dict[str, dict[str, Any]]) -> str:
 def _plot(config: TrainConfig, spectra: dict[str, torch.Tensor], records: dict[str, list],
           out: Path, n: int) -> dict[str, str]:
     """Write the overlaid spectra and the norms-versus-depth plot; return their paths."""
-    from .plotting import plot_signal_propagation, plot_singular_values
+    from ..plotting import plot_signal_propagation, plot_singular_values
 
     title = (f"{config.model} on {config.dataset}, density {config.density:g} ({config.mask} "
              f"mask), gain {config.gain:g}, {n} examples")
@@ -325,7 +325,7 @@ def inspect(config: TrainConfig, inits: Sequence[str] | str | None = None, *,
     """Measure the signal propagation of the configured network at init, for one or more inits.
 
     For each init (``dataclasses.replace(config, init=name)``) the model, masks and weights are
-    built as :func:`orthosparse.train.train` builds them, and
+    built as :func:`orthosparse.lab.train.train` builds them, and
     :func:`orthosparse.diagnostics.inspect_model` measures per-layer density, orthogonality error
     ``||W W^T - gain^2 I||_F / sqrt(r)``, activation and gradient norms (cross-entropy on the
     test labels) and the pooled singular values ``sigma(d logits(x_b) / d x_b)`` of the
@@ -430,7 +430,7 @@ def _sweep(config: TrainConfig, names: list[str], densities: list[float], splits
            inputs: torch.Tensor, targets: torch.Tensor, after_data: Any, device: torch.device,
            out_dir: Path | None, echo: Any) -> dict[str, Any]:
     """The ``densities`` branch of :func:`inspect`: every init at every density."""
-    from .diagnostics import summarize_singular_values
+    from ..diagnostics import summarize_singular_values
 
     n = inputs.shape[0]
     echo(f"== {config.model} on {config.dataset} ({config.mask} mask), gain {config.gain:g}, "
@@ -471,7 +471,7 @@ def _sweep(config: TrainConfig, names: list[str], densities: list[float], splits
         "results": per_density[-1], "files": {}, "density_sweep": sweep,
     }
     if out_dir is not None:
-        from .plotting import plot_jacobian_vs_density
+        from ..plotting import plot_jacobian_vs_density
 
         out_dir.mkdir(parents=True, exist_ok=True)
         files = {key: str(out_dir / OUTPUT_FILES[key]) for key in (*_SWEEP_FILES, "json")}
@@ -498,7 +498,7 @@ def _find_action(parser: argparse.ArgumentParser, option: str) -> argparse.Actio
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
-    from .sparsify import list_inits
+    from ..sparsify import list_inits
 
     run = parser.add_argument_group("inspect options")
     add_source_arguments(run)
