@@ -23,8 +23,8 @@ from orthosparse.lab.distributed import (
     sync_masks,
     wrap_model,
 )
-from orthosparse.sparse import apply_masks, mask_checksum
 from orthosparse.lab.train import train
+from orthosparse.sparse import apply_masks, mask_checksum
 
 # 86 training examples after the hold-out, global batch 15: 5 full batches + one of 11, so the
 # two shards are uneven (8/7, then 6/5: a per-rank mean loss would weigh them wrongly); 6 steps

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from orthosparse.eoi import arrays as _eoi_arrays, stream as _eoi_stream, generator as givens
+from orthosparse.eoi import arrays as _eoi_arrays
+from orthosparse.eoi import generator as givens
+from orthosparse.eoi import stream as _eoi_stream
 from orthosparse.eoi.generator import reference_sparse_orthogonal, sparse_orthogonal
 
 SHAPES = [(16, 16), (12, 40), (40, 12), (1, 24), (24, 1), (1, 1), (2, 2), (70, 130)]

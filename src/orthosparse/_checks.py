@@ -8,7 +8,7 @@ import numbers
 import torch
 
 __all__ = ["check_density", "check_positive_int", "check_generator", "check_float_dtype",
-           "density_off_target"]
+           "density_off_target", "keep_count"]
 
 
 def check_density(density: object, name: str = "density") -> float:
@@ -20,6 +20,15 @@ def check_density(density: object, name: str = "density") -> float:
     if math.isnan(value) or not 0.0 < value <= 1.0:
         raise ValueError(f"{name}={density} must be in (0, 1]")
     return value
+
+
+def keep_count(density: float, numel: int) -> int:
+    """Return how many of ``numel`` weights a ``density`` keeps: ``round(density * numel)``.
+
+    Halves round up (``floor(x + 0.5)``), unlike Python's ``round`` (half to even), so the
+    rule is the same on every platform and in every test.
+    """
+    return int(math.floor(density * numel + 0.5))
 
 
 def check_positive_int(value: object, name: str) -> int:

@@ -24,8 +24,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .eoi import generator as givens
 from ._checks import check_density, check_generator
+from .eoi import generator as givens
 
 __all__ = ["CenterDensity", "center_density_for", "eoi_", "eoi_group_", "orthogonal_"]
 
@@ -227,7 +227,7 @@ def eoi_(
     Initialization` - Nowak et al. (2024), arXiv 2406.01755.
 
     A 2-D weight ``(out, in)`` gets ``gain * A`` with ``A`` exactly orthogonal on its smaller side
-    (:func:`orthosparse.eoi.generator.sparse_orthogonal`). A conv weight ``(c_out, c_in/groups, *kernel)``
+    (:func:`orthosparse.eoi.sparse_orthogonal`). A conv weight ``(c_out, c_in/groups, *kernel)``
     (odd kernel) gets the sparse delta-orthogonal kernel: ``gain * H`` at the centre tap, zeros
     elsewhere; the mask adds zero-valued trainable positions until its density is ``density``.
 

@@ -1,7 +1,8 @@
 """EOI with array passes (numpy on small CPU problems, torch elsewhere): the path without numba,
 and on devices other than the CPU the layered application of the kept rotations.
 
-See :mod:`orthosparse.eoi.generator` for the scheduling, the bitset stop rule and the segment passes.
+See :mod:`orthosparse.eoi.generator` for the scheduling, the bitset stop rule and the segment
+passes.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Compiled EOI (numba, optional): the sequential scan and the rotations in one pass.
 
-The pure-Python fast path (:mod:`orthosparse.eoi.generator`) pays about half a microsecond of interpreter
-time per Givens rotation and a few microseconds per array call, which dominates small layers
-(about 190 rotations for 128 x 128 at density 0.125). Compiled, the same rule costs nanoseconds
-per rotation, so the kernel simply walks the random stream in order, one matrix after another:
+The pure-Python fast path (:mod:`orthosparse.eoi.generator`) pays about half a microsecond of
+interpreter time per Givens rotation and a few microseconds per array call, which dominates
+small layers (about 190 rotations for 128 x 128 at density 0.125). Compiled, the same rule costs
+nanoseconds per rotation, so the kernel simply walks the random stream in order, one matrix after
+another:
 
 * support: one ``uint64`` bitset per column (bit ``k`` of word ``m``: row ``64m + k``); a rotation's
   growth is ``2|S_i u S_j| - |S_i| - |S_j|`` on the states just before it, as in the scan;
@@ -16,8 +17,8 @@ per rotation, so the kernel simply walks the random stream in order, one matrix 
 It also records each kept rotation's layer (one more than the latest layer on its two columns) so
 that devices other than the CPU can apply the kept rotations with the layered torch passes.
 
-Importing this module needs numba; :mod:`orthosparse.eoi.generator` imports it on first use only (see
-``givens.compiled_kernels``). Each kernel is compiled on first call and cached on disk by numba
+Importing this module needs numba; :mod:`orthosparse.eoi.generator` imports it on first use only
+(see ``compiled_kernels``). Each kernel is compiled on first call and cached on disk by numba
 (``cache=True``): the first call in a fresh environment takes about 1.5 s, and the first call of a
 later process about 0.5 s (importing numba and loading the cache).
 """

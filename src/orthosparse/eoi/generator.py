@@ -65,8 +65,8 @@ import warnings
 import numpy as np
 import torch
 
-from . import arrays as _eoi_arrays
 from .._checks import check_density, check_float_dtype, check_generator, check_positive_int
+from . import arrays as _eoi_arrays
 from .stream import Draws, expected_rotations, keep_later
 
 __all__ = ["sparse_orthogonal", "reference_sparse_orthogonal", "expected_rotations", "backend"]

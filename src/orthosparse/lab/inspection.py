@@ -152,8 +152,8 @@ def _load_batch(config: TrainConfig, examples: int, device: torch.device
 def _build(config: TrainConfig, splits: Any, device: torch.device) -> torch.nn.Module:
     """Model + masks + init exactly as ``train``'s setup makes them (same seeds and order)."""
     from ..data import make_loader
-    from .runtime import seed_for
     from ..sparsify import sparsify
+    from .runtime import seed_for
     from .train import build_model
 
     model = build_model(config, splits.input_shape, splits.num_classes).to(device)
@@ -171,8 +171,8 @@ def _build(config: TrainConfig, splits: Any, device: torch.device) -> torch.nn.M
 def _measure(cfg: TrainConfig, splits: Any, inputs: torch.Tensor, targets: torch.Tensor,
              after_data: Any, device: torch.device) -> tuple[Any, torch.Tensor]:
     """Build ``cfg``'s network from the post-data RNG state; return (report, singular values)."""
-    from .checkpoint import set_rng_state
     from ..diagnostics import inspect_model, jacobian_singular_values
+    from .checkpoint import set_rng_state
     from .runtime import run_scope
 
     with run_scope(cfg.seed, cfg.deterministic, cfg.threads):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import sys
 import warnings
@@ -13,7 +12,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .._checks import check_density, check_generator
+from .._checks import check_density, check_generator, keep_count
 from .._layers import PrunableLayer, prunable_layers
 from .._registry import Registry
 
@@ -39,15 +38,6 @@ MASK_METHODS: Registry[MaskFn] = Registry("mask method")
 
 _COMMON_KWARGS = ("data", "generator", "loss_fn")
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def keep_count(density: float, numel: int) -> int:
-    """Return how many of ``numel`` weights a ``density`` keeps: ``round(density * numel)``.
-
-    Halves round up (``floor(x + 0.5)``), unlike Python's ``round`` (half to even), so the
-    rule is the same on every platform and in every test.
-    """
-    return int(math.floor(density * numel + 0.5))
 
 
 def list_mask_methods() -> list[str]:
