@@ -501,7 +501,7 @@ def test_tiny_imagenet_cache_skips_decoding_until_a_file_changes(tmp_path, monke
     def no_space(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(tiny_imagenet, "save_checkpoint", no_space)
+    monkeypatch.setattr(tiny_imagenet, "write_atomic", no_space)
     for file in cache.glob("train-*.pt"):
         file.unlink()
     with pytest.warns(UserWarning, match="cannot write the decoded-image cache .*No space"):

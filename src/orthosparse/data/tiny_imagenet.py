@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..lab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .._atomic import write_atomic
 from .dataset import DataSplits, Normalize, build_splits
 
 __all__ = ["load_tiny_imagenet", "IMAGENET_STATS"]
@@ -60,8 +62,9 @@ def _decoded(paths: list[Path], root: Path, tag: str, cache: bool) -> torch.Tens
     """The images of ``paths`` as uint8 (N, 3, H, W): read from the cache under ``root`` when it
     holds exactly these files (names, sizes, modification times), else decoded and cached.
 
-    The cache is written atomically (:func:`orthosparse.lab.checkpoint.save_checkpoint`); a corrupt
-    or unwritable cache only costs a warning and a decode, never the load.
+    The cache is written atomically (:func:`orthosparse._atomic.write_atomic`) and read with
+    ``torch.load(weights_only=True)``; a corrupt or unwritable cache only costs a warning and a
+    decode, never the load.
     """
     if not cache:
         return _read_images(paths)
@@ -69,16 +72,20 @@ def _decoded(paths: list[Path], root: Path, tag: str, cache: bool) -> torch.Tens
     file = folder / f"{tag}-{_fingerprint(paths, root)}.pt"
     if file.is_file():
         try:
-            state = load_checkpoint(file)
-            if state.get("format") == _CACHE_FORMAT and len(state.get("images", ())) == len(paths):
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError,
+                ValueError, KeyError, AttributeError, ImportError, TypeError) as err:
+            problem = f"{file} is corrupt or unreadable ({type(err).__name__})"
+        else:
+            if (isinstance(state, dict) and state.get("format") == _CACHE_FORMAT
+                    and len(state.get("images", ())) == len(paths)):
                 return state["images"]
-            raise CheckpointError(f"{file} does not hold {len(paths)} images")
-        except CheckpointError as err:
-            warnings.warn(f"tiny-imagenet: ignoring the decoded-image cache ({err}); decoding "
-                          f"the images again", stacklevel=4)
+            problem = f"{file} does not hold {len(paths)} images"
+        warnings.warn(f"tiny-imagenet: ignoring the decoded-image cache ({problem}); decoding "
+                      f"the images again", stacklevel=4)
     images = _read_images(paths)
     try:
-        save_checkpoint(file, {"format": _CACHE_FORMAT, "images": images})
+        write_atomic(file, lambda fh: torch.save({"format": _CACHE_FORMAT, "images": images}, fh))
         for stale in folder.glob(f"{tag}-*.pt"):  # caches of an older version of the files
             if stale != file:
                 stale.unlink(missing_ok=True)
