@@ -20,7 +20,7 @@ from .sparse import (
 )
 from .sparsify import list_inits, sparsify
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "apply_masks",
