@@ -16,11 +16,11 @@ import orthosparse
 from orthosparse.lab.cli import main
 from orthosparse.lab.config import config_hash
 from orthosparse.lab.presets import PAPER_INITS, PAPER_MASKS, list_sweeps
+from orthosparse.lab.runs import run_state
 from orthosparse.lab.sweep import (
     expand_sweep,
     load_sweep,
     parse_overrides,
-    run_state,
     run_sweep,
     sweep_to_toml,
 )

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._checks import density_off_target
 from .config import NOT_HASHED, config_fields, config_from_dict, config_hash
-from .runs import read_history
+from .runs import FAILED, HAS_RESULT, RunState, read_history, run_state
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -75,7 +75,7 @@ class RunRecord:
         run_dir: its directory.
         config: its ``config.json`` (a dict).
         config_hash: the hash naming its directory.
-        state: ``finished``, ``diverged``, ``failed``, ``partial`` or ``pending``.
+        state: where the run stands (:data:`~orthosparse.lab.runs.RunState`).
         final: its ``final.json`` (``{}`` without one).
         history: its ``metrics.jsonl`` records.
         error: the error of a failed run.
@@ -84,7 +84,7 @@ class RunRecord:
     run_dir: Path
     config: dict[str, Any]
     config_hash: str
-    state: str
+    state: RunState
     final: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
@@ -102,16 +102,14 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _record(run_dir: Path) -> RunRecord:
-    from .sweep import run_state
-
     config = _read_json(run_dir / "config.json")
     try:
         h = config_hash(config_from_dict(config))
     except (TypeError, ValueError):
         h = run_dir.name.rsplit("-", 1)[-1]
     state = run_state(run_dir)
-    final = _read_json(run_dir / "final.json") if state in ("finished", "diverged") else {}
-    error = _read_json(run_dir / "failed.json").get("error") if state == "failed" else None
+    final = _read_json(run_dir / "final.json") if state in HAS_RESULT else {}
+    error = _read_json(run_dir / FAILED).get("error") if state == "failed" else None
     return RunRecord(run_dir, config, h, state, final, read_history(run_dir), error)
 
 

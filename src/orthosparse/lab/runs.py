@@ -7,7 +7,13 @@ A run lives in ``<out>/<name>-<config hash>/``:
   ``jacobian`` summary when recorded);
 - ``final.json``: status (finished / diverged), final and best metrics;
 - ``checkpoint.pt`` (:data:`CHECKPOINT`): everything needed to continue;
+- ``failed.json`` (:data:`FAILED`): written by a sweep when the run's process failed;
 - ``train.log``, and ``tb/`` when TensorBoard is installed.
+
+Two names describe a run folder: :data:`RunState` is where the run stands, read from its files
+alone (:func:`run_state`: ``finished``, ``diverged``, ``failed``, ``partial``, ``pending``);
+:data:`RunStart` is what :func:`prepare_run_dir` decides a call to ``train`` does with it
+(``done``: return the stored result, ``resume``: continue from the checkpoint, ``fresh``: start).
 
 Every file is written atomically (temporary file + ``os.replace``), so a reader (a sweep, a
 report) never sees a torn file, whatever moment the run is killed at.
@@ -38,6 +44,9 @@ from .config import TrainConfig, config_from_dict, config_hash
 __all__ = [
     "Status",
     "RunState",
+    "RunStart",
+    "HAS_RESULT",
+    "FAILED",
     "RunResult",
     "RunExistsError",
     "METRIC_KEYS",
@@ -51,15 +60,20 @@ __all__ = [
     "read_history",
     "load_run",
     "prepare_run_dir",
+    "run_state",
     "format_record",
     "format_jacobian",
     "format_pct",
 ]
 
 Status = Literal["finished", "diverged", "stopped"]
-RunState = Literal["done", "resume", "fresh"]
+RunState = Literal["finished", "diverged", "failed", "partial", "pending"]
+RunStart = Literal["done", "resume", "fresh"]
+# States whose run has a result (a final.json): a sweep skips them, a report reads them.
+HAS_RESULT: frozenset[str] = frozenset({"finished", "diverged"})
 
 CHECKPOINT = "checkpoint.pt"
+FAILED = "failed.json"
 METRIC_KEYS: tuple[str, ...] = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc",
                                 "test_loss", "test_acc", "lr", "time")
 JACOBIAN_KEYS: tuple[str, ...] = ("mean", "std", "min", "max", "condition_number")
@@ -243,7 +257,29 @@ def load_run(run_dir: str | Path) -> RunResult:
                      skipped=True)
 
 
-def prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> RunState:
+def run_state(run_dir: str | Path) -> RunState:
+    """Where a run stands, from its files alone.
+
+    ``final.json`` -> its status (``finished``/``diverged``); else ``failed.json`` ->
+    ``failed``; else a checkpoint -> ``partial`` (resumable); else ``pending``.
+    """
+    run_dir = Path(run_dir)
+    final = run_dir / "final.json"
+    if final.is_file():
+        try:
+            status = json.loads(final.read_text("utf-8")).get("status")
+        except (json.JSONDecodeError, OSError):
+            status = None
+        if status in HAS_RESULT:
+            return status
+    if (run_dir / FAILED).is_file():
+        return "failed"
+    if (run_dir / CHECKPOINT).is_file():
+        return "partial"
+    return "pending"
+
+
+def prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, force: bool) -> RunStart:
     """Return ``"done"``, ``"resume"`` or ``"fresh"`` for ``run_dir``; clear it when forced.
 
     Raises:

@@ -74,24 +74,19 @@ from .config import (
     resolve_config,
     split_optional,
 )
-from .runs import CHECKPOINT, json_safe, write_json
+from .runs import FAILED, HAS_RESULT, RunState, json_safe, run_state, write_json
 
 __all__ = [
-    "RunState",
     "SweepSpec",
     "SweepRun",
     "SweepResult",
     "load_sweep",
     "expand_sweep",
-    "run_state",
     "run_sweep",
     "sweep_to_toml",
     "parse_overrides",
 ]
 
-RunState = Literal["finished", "diverged", "failed", "partial", "pending"]
-DONE: frozenset[str] = frozenset({"finished", "diverged"})
-FAILED = "failed.json"
 WORKER_LOG = "worker.log"
 
 _SWEEP_KEYS = ("name", "preset", "config", "description", "out")
@@ -385,28 +380,6 @@ def expand_sweep(spec: SweepSpec | str | Path | Mapping[str, Any], *,
 # --------------------------------------------------------------------------- state on disk
 
 
-def run_state(run_dir: str | Path) -> RunState:
-    """Where a run stands, from its files alone.
-
-    ``final.json`` -> its status (``finished``/``diverged``); else ``failed.json`` ->
-    ``failed``; else a checkpoint -> ``partial`` (resumable); else ``pending``.
-    """
-    run_dir = Path(run_dir)
-    final = run_dir / "final.json"
-    if final.is_file():
-        try:
-            status = json.loads(final.read_text("utf-8")).get("status")
-        except (json.JSONDecodeError, OSError):
-            status = None
-        if status in DONE:
-            return status
-    if (run_dir / FAILED).is_file():
-        return "failed"
-    if (run_dir / CHECKPOINT).is_file():
-        return "partial"
-    return "pending"
-
-
 def _final(run_dir: Path) -> dict[str, Any]:
     try:
         return json.loads((run_dir / "final.json").read_text("utf-8"))
@@ -425,7 +398,7 @@ def _index_rows(sweep_dir: Path, runs: Sequence[SweepRun]) -> list[dict[str, Any
     rows = []
     for run in runs:
         state = run_state(run.run_dir)
-        final = _final(run.run_dir) if state in DONE else {}
+        final = _final(run.run_dir) if state in HAS_RESULT else {}
         rows.append({
             "run": run.run_dir.name, "run_dir": os.path.relpath(run.run_dir, sweep_dir),
             "config_hash": run.hash, **run.values, "state": state,
@@ -498,7 +471,7 @@ class SweepResult:
     Attributes:
         sweep_dir: the sweep directory.
         runs: the expanded runs.
-        states: ``{run dir name: state}`` at the end (:data:`RunState`).
+        states: ``{run dir name: state}`` at the end (:data:`~orthosparse.lab.runs.RunState`).
         to_run: the runs this call had to run (no result yet; failed ones when retried).
         launched: runs started (or resumed, or retried) by this call.
         interrupted: stopped by Ctrl-C/SIGTERM before every run was done.
@@ -506,7 +479,7 @@ class SweepResult:
 
     sweep_dir: Path
     runs: list[SweepRun]
-    states: dict[str, str] = field(default_factory=dict)
+    states: dict[str, RunState] = field(default_factory=dict)
     to_run: list[SweepRun] = field(default_factory=list)
     launched: int = 0
     interrupted: bool = False
@@ -525,7 +498,7 @@ class SweepResult:
     @property
     def complete(self) -> bool:
         """Every run has a result (finished or diverged)."""
-        return all(state in DONE for state in self.states.values())
+        return all(state in HAS_RESULT for state in self.states.values())
 
 
 @dataclass
@@ -634,7 +607,7 @@ class _Runner:
         lock = _lock(run_dir)
         if lock is False:
             return False
-        if run_state(run_dir) in DONE:  # finished by someone else meanwhile
+        if run_state(run_dir) in HAS_RESULT:  # finished by someone else meanwhile
             if lock is not None:
                 os.close(lock)
             self.done += 1
@@ -683,7 +656,7 @@ class _Runner:
         seconds = time.time() - job.started
         self.done += 1
         head = f"[{self.done}/{self.total}] {run_dir.name}"
-        if state in DONE:
+        if state in HAS_RESULT:
             final = _final(run_dir)
             acc = final.get("test_acc")
             acc_text = "-" if acc is None else f"{100 * acc:.2f}%"
@@ -746,7 +719,7 @@ class _Runner:
             if waiting and time.time() - last_check > 1.0:
                 last_check = time.time()
                 for run in list(waiting):
-                    if run_state(run.run_dir) in DONE:
+                    if run_state(run.run_dir) in HAS_RESULT:
                         waiting.remove(run)
                         self.done += 1
                         self.say(f"[{self.done}/{self.total}] {run.run_dir.name}: "
@@ -823,7 +796,7 @@ def run_sweep(source: SweepSpec | str | Path | Mapping[str, Any], *, jobs: int =
     runner = _Runner(sweep_dir, runs, jobs=jobs, gpus=_visible_gpus(devices), timeout=timeout,
                      echo=echo)
     runner.total = len(todo)
-    have = sum(state in DONE for state in result.states.values())
+    have = sum(state in HAS_RESULT for state in result.states.values())
     kept = sum(state == "failed" for state in result.states.values()) if not retry_failed else 0
     runner.say(f"sweep {spec.name}: {len(runs)} runs, {have} with results already"
                + (f", {kept} failed (not retried)" if kept else "")
