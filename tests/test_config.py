@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import pytest
 
 from orthosparse.lab.config import (
+    HASH_SCHEMA,
     NOT_HASHED,
     TrainConfig,
     config_from_dict,
     config_hash,
     config_to_dict,
     config_to_toml,
+    hashed_values,
     options_dict,
     parse_field,
     resolve_config,
@@ -172,7 +175,8 @@ def test_options_dict_reads_json_values_else_text():
 def test_presets_cover_every_row_of_the_paper_table():
     assert set(list_presets()) >= {"digits", "mlp", "mlp-1000", "cnn-1000", "vgg16", "resnet32",
                                    "resnet56", "resnet110", "efficientnet"}
-    # (dataset, model, depth, width, density, epochs, lr, activation, gain, bias_std): SPEC §5
+    # (dataset, model, depth, width, density, epochs, lr, activation, gain, bias_std): the rows of
+    # the paper's experiment table (Nowak et al. 2024, arXiv 2406.01755; docs/results.md)
     rows = {
         "mlp": ("mnist", "mlp", 7, 100, 0.1, 100, 0.01, "tanh", 1.0, 0.0),
         "mlp-1000": ("mnist", "mlp", 1000, 128, 0.125, 100, 1e-4, "tanh", 1.0247, 0.00448),
@@ -205,6 +209,21 @@ def test_every_preset_resolves_and_round_trips_through_toml(tmp_path):
         assert resolve_config(config_file=path) == cfg, name
 
 
+def test_help_text_lists_the_registered_names():
+    from orthosparse.data import list_augmentations, list_datasets
+    from orthosparse.masks import list_mask_methods
+    from orthosparse.models import list_models
+    from orthosparse.sparsify import list_inits
+
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
+    for key, names in (("dataset", list_datasets()), ("model", list_models()),
+                       ("mask", list_mask_methods()), ("init", list_inits()),
+                       ("augment", list_augmentations())):
+        assert names, key
+        for name in names:
+            assert name in helps[key], (key, name)
+
+
 # --------------------------------------------------------------------------- hash and JSON
 
 
@@ -218,6 +237,46 @@ def test_hash_ignores_display_fields_and_tracks_the_rest():
         assert config_hash(dataclasses.replace(base, **{key: value})) != config_hash(base), key
     assert len(config_hash(base)) == 10 and int(config_hash(base), 16) >= 0
     assert base.run_dir().name == f"run-{config_hash(base)}"
+
+
+def test_hash_covers_only_what_differs_from_the_defaults_plus_the_schema():
+    cfg = TrainConfig(lr=0.1, seed=3, exclude=["head"], progress="none")
+    assert hashed_values(TrainConfig()) == {}
+    assert hashed_values(cfg) == {"lr": 0.1, "seed": 3, "exclude": ["head"]}
+    expected = hashlib.sha256(json.dumps(
+        {"changed": {"exclude": ["head"], "lr": 0.1, "seed": 3}, "schema": HASH_SCHEMA},
+        sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:10]
+    assert config_hash(cfg) == expected
+    # Setting a field to its default value is the same run as leaving it out.
+    assert config_hash(TrainConfig(lr=0.05, mask="erk")) == config_hash(TrainConfig())
+
+
+def test_hash_changes_with_the_schema_version(monkeypatch):
+    configs = [TrainConfig(), TrainConfig(lr=0.1)]
+    before = [config_hash(cfg) for cfg in configs]
+    monkeypatch.setattr("orthosparse.lab.config.HASH_SCHEMA", HASH_SCHEMA + 1)
+    after = [config_hash(cfg) for cfg in configs]
+    assert all(a != b for a, b in zip(before, after, strict=True))
+
+
+@dataclasses.dataclass
+class _WithNewField(TrainConfig):
+    """TrainConfig plus a field added later, whose default keeps the old behaviour."""
+
+    label_smoothing: float = dataclasses.field(
+        default=0.0, metadata={"help": "label smoothing", "group": "optim"})
+
+    def __post_init__(self) -> None:  # the field is not in TrainConfig's type table
+        pass
+
+
+def test_a_new_field_at_its_default_renames_no_run():
+    for overrides in ({}, {"lr": 0.1, "seed": 2}, {"init": "orthogonal", "exclude": ["head"]}):
+        old, new = TrainConfig(**overrides), _WithNewField(**overrides)
+        assert config_hash(new) == config_hash(old), overrides
+        assert new.run_dir() == old.run_dir()
+        moved = _WithNewField(**overrides, label_smoothing=0.1)
+        assert config_hash(moved) != config_hash(old), overrides
 
 
 def test_json_round_trip_is_exact():

@@ -4,7 +4,12 @@ Every field carries its help text and group in ``dataclasses.field(metadata=...)
 line (``orthosparse train --lr 0.1``) is generated from those fields, TOML files use the same
 keys (flat, or inside ``[data]``/``[model]``/... tables named after the groups), and the resolved
 config is saved as JSON next to the results. The run directory is named by a short hash of the
-fields that change the result, so a rerun finds finished work (open_lth's ``hashname``).
+fields that differ from their defaults (display fields left out) plus :data:`HASH_SCHEMA`, so a
+rerun finds finished work and a new field whose default keeps the old behaviour renames no run
+(open_lth's ``hashname``; docs/design.md §6, run identity and run folders).
+
+Names of datasets, models, mask methods, initializations and augmentations are not listed here:
+the help text and :func:`check_names` read them from the registries.
 
 Example:
     >>> cfg = resolve_config("digits", overrides={"lr": 0.05, "epochs": 3})
@@ -25,6 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..data import list_augmentations, list_datasets
+from ..masks import list_mask_methods
+from ..models import list_models
+from ..sparsify import list_inits
+
 __all__ = [
     "Optimizer",
     "Schedule",
@@ -33,6 +43,7 @@ __all__ = [
     "Jacobian",
     "GROUPS",
     "NOT_HASHED",
+    "HASH_SCHEMA",
     "TrainConfig",
     "sparsify_options_for",
     "config_fields",
@@ -44,6 +55,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "config_hash",
+    "hashed_values",
     "load_toml",
     "resolve_config",
     "check_names",
@@ -60,10 +72,22 @@ Jacobian = Literal["off", "init", "epoch"]
 GROUPS: tuple[str, ...] = ("data", "model", "sparsity", "optim", "run")
 
 # Fields that change where and how results are shown, not what they are: left out of the hash.
+# ``threads`` does change results bitwise (CPU reductions split differently), but it is a
+# property of the machine, not of the experiment: the run folder records the count a run started
+# with and a resume restores it (:func:`orthosparse.lab.runs.run_threads`).
 NOT_HASHED: frozenset[str] = frozenset(
     {"out", "name", "progress", "tensorboard", "eval_batch_size", "checkpoint_every",
      "threads"}
 )
+
+# Version of the run-identity rule (:func:`config_hash`). Bump it, renaming every run, when the
+# hash rule changes or when a field's default or meaning changes so that an unchanged config
+# would train differently; adding a field whose default keeps the old behaviour needs no bump.
+HASH_SCHEMA: int = 1
+
+
+def _names(names: Iterable[str]) -> str:
+    return ", ".join(names)
 
 
 def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
@@ -85,8 +109,8 @@ class TrainConfig:
     """
 
     # data
-    dataset: str = _f("digits", "dataset: digits (bundled), synthetic, mnist, fashion-mnist, "
-                      "cifar10, cifar100, tiny-imagenet", "data")
+    dataset: str = _f("digits", f"dataset: {_names(list_datasets())} (digits is bundled)",
+                      "data")
     data_root: str | None = _f(None, "directory holding the dataset files (none: the "
                                "dataset's default location)", "data")
     val_fraction: float = _f(0.1, "fraction of the training set held out for validation, "
@@ -94,13 +118,13 @@ class TrainConfig:
     batch_size: int = _f(128, "training batch size", "data")
     eval_batch_size: int = _f(1000, "evaluation batch size (does not change results)", "data")
     augment: str = _f("auto", "training augmentation: auto (the dataset's recommendation: "
-                      "crop-flip for CIFAR/Tiny ImageNet), none, flip, crop-flip", "data")
+                      f"crop-flip for CIFAR/Tiny ImageNet), {_names(list_augmentations())}",
+                      "data")
     data_options: list[str] = _f([], "extra dataset arguments as key=value (value read as "
                                  "JSON when it parses, else text), e.g. train_size=256 "
                                  "input_shape=[1,8,8]", "data")
     # model
-    model: str = _f("mlp", "model name (mlp, vanilla-cnn, vgg16, resnet20/32/56/110, "
-                    "efficientnet-b0)", "model")
+    model: str = _f("mlp", f"model: {_names(list_models())}", "model")
     depth: int | None = _f(None, "number of layers for mlp/vanilla-cnn (none: model default)",
                            "model")
     width: int | None = _f(None, "hidden width (mlp) or channels (vanilla-cnn) (none: model "
@@ -112,10 +136,8 @@ class TrainConfig:
                                   "model")
     # sparsity
     density: float = _f(0.1, "fraction of prunable weights kept, in (0, 1]", "sparsity")
-    mask: str = _f("erk", "mask method: dense, uniform, er, erk, uniform-skip, snip, grasp, "
-                   "synflow", "sparsity")
-    init: str = _f("eoi", "initialization: eoi, orthogonal, kaiming, sparse-kaiming, ai, sao",
-                   "sparsity")
+    mask: str = _f("erk", f"mask method: {_names(list_mask_methods())}", "sparsity")
+    init: str = _f("eoi", f"initialization: {_names(list_inits())}", "sparsity")
     gain: float = _f(1.0, "initialization gain (1000-layer tanh nets: 1.0247)", "sparsity")
     bias_std: float = _f(0.0, "standard deviation of the normal bias init (1000-layer tanh "
                          "nets: 0.00448)", "sparsity")
@@ -466,30 +488,20 @@ def sparsify_options_for(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def check_names(cfg: TrainConfig) -> None:
-    """Check dataset, model, mask and init names against their registries (when importable).
+    """Check dataset, model, mask, init and augmentation names against their registries.
 
     Raises:
         ValueError: an unknown name, listing the valid ones.
     """
-    import importlib
-
     checks = (
-        ("dataset", "orthosparse.data", ("list_datasets",)),
-        ("model", "orthosparse.models", ("list_models",)),
-        ("mask", "orthosparse.masks", ("list_masks", "list_mask_methods")),
-        ("init", "orthosparse.sparsify", ("list_inits", "list_initializations")),
-        ("augment", "orthosparse.data", ("list_augmentations",)),
+        ("dataset", list_datasets()),
+        ("model", list_models()),
+        ("mask", list_mask_methods()),
+        ("init", list_inits()),
+        ("augment", ["auto", *list_augmentations()]),
     )
     scopes = {scope for scope, _ in _scoped(cfg.sparsify_options) if scope is not None}
-    for name, module_name, listers in checks:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        lister = next((getattr(module, f) for f in listers if hasattr(module, f)), None)
-        if lister is None:
-            continue
-        valid = list(lister()) + (["auto"] if name == "augment" else [])
+    for name, valid in checks:
         value = getattr(cfg, name)
         if value not in valid:
             close = difflib.get_close_matches(value, valid, n=1)
@@ -559,13 +571,34 @@ def config_from_dict(data: Mapping[str, Any], base: TrainConfig | None = None,
         raise type(err)(f"{err}{where}") from None
 
 
-def config_hash(cfg: TrainConfig, length: int = 10) -> str:
-    """Return a short SHA-256 hex digest of the fields that change the result.
+def hashed_values(cfg: TrainConfig) -> dict[str, Any]:
+    """Return the fields that name ``cfg``'s run: those whose value differs from the field's
+    default, display fields (:data:`NOT_HASHED`) left out.
 
-    ``out``, ``name`` and display/loader settings (:data:`NOT_HASHED`) are left out, so the same
-    experiment always lands in the same ``<name>-<hash>`` directory.
+    Example:
+        >>> hashed_values(TrainConfig(lr=0.1, progress="none"))
+        {'lr': 0.1}
     """
-    data = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_HASHED}
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        if f.name in NOT_HASHED:
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        value = getattr(cfg, f.name)
+        if value != default:
+            out[f.name] = list(value) if isinstance(value, list) else value
+    return out
+
+
+def config_hash(cfg: TrainConfig, length: int = 10) -> str:
+    """Return the short hash naming ``cfg``'s run directory (open_lth's ``hashname``).
+
+    The first ``length`` hex digits of the SHA-256 of the JSON of ``{"schema": HASH_SCHEMA,
+    "changed": hashed_values(cfg)}`` (sorted keys, no spaces): only fields that differ from
+    their defaults count, so adding a field whose default keeps the old behaviour renames no
+    run, while the same experiment always lands in the same ``<name>-<hash>`` directory.
+    """
+    data = {"schema": HASH_SCHEMA, "changed": hashed_values(cfg)}
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 

@@ -115,7 +115,8 @@ class SweepPreset:
     spec: Mapping[str, Any] = field(default_factory=dict)
 
 
-# SPEC §5: mask method x initialization, plus dense baselines and SAO where it applies, 5 seeds.
+# The paper's grid (Nowak et al. 2024; docs/results.md part 1): mask method x initialization,
+# plus dense baselines and SAO where it applies, 5 seeds.
 PAPER_MASKS: tuple[str, ...] = ("uniform", "erk", "snip", "grasp", "synflow")
 PAPER_INITS: tuple[str, ...] = ("orthogonal", "ai", "eoi")
 PAPER_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
