@@ -1,4 +1,5 @@
-"""EOI generator: exact orthogonality, the density rule, fast == oracle, statistics, errors."""
+"""EOI generator: exact orthogonality, the density rule, every backend == oracle, statistics,
+the backend table, errors."""
 
 import math
 import warnings
@@ -7,10 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from orthosparse.eoi import arrays as _eoi_arrays
-from orthosparse.eoi import generator as givens
-from orthosparse.eoi import stream as _eoi_stream
-from orthosparse.eoi.generator import reference_sparse_orthogonal, sparse_orthogonal
+from orthosparse.eoi import (
+    arrays,
+    backends,
+    default_backend,
+    list_backends,
+    reference_sparse_orthogonal,
+    sparse_orthogonal,
+)
+from orthosparse.eoi.problem import make_problem
+from orthosparse.eoi.stream import Draws, expected_rotations
 
 SHAPES = [(16, 16), (12, 40), (40, 12), (1, 24), (24, 1), (1, 1), (2, 2), (70, 130)]
 TOL = {torch.float32: 1e-6, torch.float64: 1e-13}  # max |entry| of W W^T - gain^2 I
@@ -63,7 +70,7 @@ def test_half_dtypes_are_cast_from_float32(dtype):
 def _draw_support_trace(rows, cols, density, seed):
     """Independent support bookkeeping with Python sets on the same random stream."""
     r, c = min(rows, cols), max(rows, cols)
-    draws = _eoi_stream.Draws(1, c, density, gen(seed))
+    draws = Draws(1, c, density, gen(seed))
     support = [{k} if k < r else set() for k in range(c)]
     nnz_trace = [r]
     k = 0
@@ -81,40 +88,34 @@ def _draw_support_trace(rows, cols, density, seed):
 
 @pytest.mark.parametrize("rows,cols,density", [(10, 10, 0.37), (6, 15, 0.41), (15, 6, 0.2),
                                                (1, 30, 0.5), (9, 9, 0.123456)])
-def test_density_is_the_closer_of_the_two_candidate_steps(scan, rows, cols, density):
+def test_density_is_the_closer_of_the_two_candidate_steps(backend, rows, cols, density):
     need = density * rows * cols
     for seed in range(8):
         trace = _draw_support_trace(rows, cols, density, seed)
         after = trace[-1]
         before = trace[-2] if len(trace) > 1 else after
         expected = after if after - need <= need - before else before
-        _, mask = sparse_orthogonal(rows, cols, density, generator=gen(seed))
+        _, mask = sparse_orthogonal(rows, cols, density, generator=gen(seed), backend=backend)
         assert int(mask.sum()) == expected
 
 
-PATHS = ["compiled", "compiled+segments", "sequential+dense", "sequential+segments",
-         "bitset+segments"]
+FAST = [name for name in list_backends() if name != "reference"]
 
 
-@pytest.fixture(params=PATHS)
-def scan(request, monkeypatch):
-    """Run a test with each path: the compiled (numba) scan, which on the CPU also applies the
-    rotations ("compiled") or hands them to the layered torch passes of other devices
-    ("compiled+segments"); or, with ``ORTHOSPARSE_NUMBA=0``, the Python-int sequential scan
-    (small problems) or the bitset support pass, then dense layer-wise rotations (small problems)
-    or 8-row segment passes."""
-    path = request.param
-    if path.startswith("compiled"):
-        if givens.compiled_kernels() is None:
-            pytest.skip("numba is not installed (pip install numba)")
-        monkeypatch.setattr(_eoi_arrays, "FORCE_TORCH_PASSES", path.endswith("segments"))
-        return path
-    monkeypatch.setenv(givens.NUMBA_ENV, "0")
-    dense = path.endswith("dense")
-    monkeypatch.setattr(_eoi_arrays, "_DENSE_ROWS_UP_TO", 10**9 if dense else 0)
-    monkeypatch.setattr(_eoi_arrays, "_DENSE_MULTITHREAD_UP_TO", 10**18 if dense else 0)
-    monkeypatch.setattr(_eoi_arrays, "_SEQUENTIAL_UP_TO", 0 if path.startswith("bitset") else 10**9)
-    return path
+@pytest.fixture(params=FAST)
+def backend(request):
+    """Run a test with each backend of the table, by name (the oracle is what they are checked
+    against); one that cannot load here (numba not installed) is skipped."""
+    if request.param not in list_backends(available_only=True):
+        pytest.skip(f"EOI backend {request.param!r} cannot run here (numba not installed?)")
+    return request.param
+
+
+def test_every_backend_is_checked_and_the_table_is_public():
+    assert set(list_backends()) >= {"compiled", "compiled-layered", "arrays", "arrays-dense",
+                                    "arrays-segments", "arrays-bitset", "reference"}
+    assert "reference" in list_backends(available_only=True)
+    assert default_backend() in list_backends(available_only=True)
 
 
 @pytest.mark.parametrize("batch", [None, 3])
@@ -122,51 +123,56 @@ def scan(request, monkeypatch):
                                                (1, 7, 0.5), (7, 1, 0.5), (16, 16, 1.0),
                                                (32, 20, 0.05), (64, 64, 0.1), (70, 130, 0.2),
                                                (130, 70, 0.2), (3, 3, 0.01)])
-def test_fast_path_equals_one_rotation_at_a_time_oracle(scan, rows, cols, density, batch):
+def test_every_backend_equals_the_one_rotation_at_a_time_oracle(backend, rows, cols, density,
+                                                                 batch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (3, 3, 0.01) is below the floor on purpose
         for seed in range(6):
             g_fast, g_ref = gen(seed), gen(seed)
             w, m = sparse_orthogonal(rows, cols, density, generator=g_fast,
-                                     dtype=torch.float64, batch=batch)
+                                     dtype=torch.float64, batch=batch, backend=backend)
             w_ref, m_ref = reference_sparse_orthogonal(rows, cols, density, generator=g_ref,
                                                        batch=batch)
             assert torch.equal(m, m_ref)
             torch.testing.assert_close(w, w_ref, atol=1e-12, rtol=0)
             assert torch.equal(g_fast.get_state(), g_ref.get_state())
-            w32, m32 = sparse_orthogonal(rows, cols, density, generator=gen(seed), batch=batch)
+            w32, m32 = sparse_orthogonal(rows, cols, density, generator=gen(seed), batch=batch,
+                                         backend=backend)
             assert torch.equal(m32, m_ref)
             torch.testing.assert_close(w32.double(), w_ref, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("batch", [None, 4])
-def test_streams_drawn_in_many_small_chunks_equal_the_oracle(scan, monkeypatch, batch):
-    # Every path must carry its state across chunks: draw the stream 5, then 3 rotations at a time.
-    init = _eoi_stream.Draws.__init__
-
-    def small_chunks(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        self.first, self.rest = 5, 3
-
-    monkeypatch.setattr(_eoi_stream.Draws, "__init__", small_chunks)
+def test_streams_drawn_in_many_small_chunks_equal_the_oracle(backend, batch):
+    # Every backend must carry its state across chunks: draw the stream 5, then 3 rotations at a
+    # time, through the backend interface itself (problem, draws) -> (weight, mask).
+    table = backends.BACKENDS
     for rows, cols, density in [(12, 12, 0.4), (7, 19, 0.6), (19, 7, 1.0)]:
-        w, m = sparse_orthogonal(rows, cols, density, generator=gen(2), dtype=torch.float64,
-                                 batch=batch)
-        w_ref, m_ref = reference_sparse_orthogonal(rows, cols, density, generator=gen(2),
-                                                   batch=batch)
+        problem = make_problem(rows, cols, density, dtype=torch.float64, batch=batch)
+        out = []
+        for name in (backend, "reference"):
+            draws = Draws(problem.n_mat, problem.c, density, gen(2), first=5, rest=3)
+            out.append(table.get(name).build(problem, draws))
+        (w, m), (w_ref, m_ref) = out
+        assert w.shape == m.shape == (problem.n_mat, rows, cols)
         assert torch.equal(m, m_ref)
         torch.testing.assert_close(w, w_ref, atol=1e-12, rtol=0)
 
 
-def test_dense_path_on_many_matrices_equals_the_oracle(monkeypatch):
-    monkeypatch.setenv(givens.NUMBA_ENV, "0")
-    monkeypatch.setattr(_eoi_arrays, "_DENSE_ROWS_UP_TO", 10**9)
-    monkeypatch.setattr(_eoi_arrays, "_DENSE_MULTITHREAD_UP_TO", 10**18)
+def test_dense_route_on_many_matrices_equals_the_oracle():
     for seed in range(3):
-        w, m = sparse_orthogonal(40, 24, 0.3, generator=gen(seed), dtype=torch.float64, batch=8)
+        w, m = sparse_orthogonal(40, 24, 0.3, generator=gen(seed), dtype=torch.float64, batch=8,
+                                 backend="arrays-dense")
         w_ref, m_ref = reference_sparse_orthogonal(40, 24, 0.3, generator=gen(seed), batch=8)
         assert torch.equal(m, m_ref)
         torch.testing.assert_close(w, w_ref, atol=1e-12, rtol=0)
+
+
+def test_reference_backend_is_the_oracle():
+    w, m = sparse_orthogonal(20, 30, 0.3, generator=gen(1), dtype=torch.float64,
+                             backend="reference")
+    w_ref, m_ref = reference_sparse_orthogonal(20, 30, 0.3, generator=gen(1))
+    assert torch.equal(w, w_ref) and torch.equal(m, m_ref)
 
 
 def test_batch_of_one_equals_single_and_batch_members_differ():
@@ -226,12 +232,11 @@ def test_rotation_count_matches_markov_chain(c, density):
     # match the chain's crossing time within a few percent.
     means = _chain_mean_density(c, 20 * c)
     t_chain = int(np.argmax(means >= density))
-    draws = _eoi_stream.Draws(300, c, density, gen(123))
-    kept, _ = _eoi_arrays._stop_points(300, c, c, density * c * c, draws,
-                                  torch.device("cpu"))
+    draws = Draws(300, c, density, gen(123))
+    kept, _ = arrays._stop_points(300, c, c, density * c * c, draws, torch.device("cpu"))
     assert abs(kept.mean() / t_chain - 1.0) < 0.03
     # the mean-field estimate that sizes the draws is a slight underestimate, never far off
-    assert 0.85 < givens.expected_rotations(c, density) / t_chain < 1.0
+    assert 0.85 < expected_rotations(c, density) / t_chain < 1.0
 
 
 def test_popcount_fallback_matches_numpy():
@@ -239,7 +244,7 @@ def test_popcount_fallback_matches_numpy():
     words[0, 0] = -1  # all 64 bits set, sign bit included
     words[1, 1] = -(2**63)
     expected = np.bitwise_count(words.numpy().view(np.uint64)).sum(axis=1).astype(np.int64)
-    assert torch.equal(_eoi_arrays._popcount_rows_swar(words), torch.from_numpy(expected))
+    assert torch.equal(arrays._popcount_rows_swar(words), torch.from_numpy(expected))
 
 
 def test_warns_below_lowest_reachable_density():
@@ -285,27 +290,12 @@ def test_cpu_and_cuda_agree(rows, cols, density):
     assert gram_error(w_gpu.cpu()) <= 1e-6
 
 
-@pytest.mark.parametrize("batch", [None, 2])
-@pytest.mark.parametrize("rows,cols,density", [(48, 80, 0.2), (80, 48, 0.3), (33, 33, 0.9)])
-def test_device_passes_equal_cpu_passes(monkeypatch, rows, cols, density, batch):
-    # CUDA runs the torch passes (and the SWAR popcount); check them here on the CPU.
-    ref = sparse_orthogonal(rows, cols, density, generator=gen(6), batch=batch)
-    monkeypatch.setenv(givens.NUMBA_ENV, "0")
-    monkeypatch.setattr(_eoi_arrays, "_DENSE_ROWS_UP_TO", 0)  # the segment passes
-    monkeypatch.setattr(_eoi_arrays, "_SEQUENTIAL_UP_TO", 0)  # and the bitset support pass
-    monkeypatch.setattr(_eoi_arrays, "FORCE_TORCH_PASSES", True)
-    monkeypatch.setattr(_eoi_arrays, "_popcount_rows", _eoi_arrays._popcount_rows_swar)
-    out = sparse_orthogonal(rows, cols, density, generator=gen(6), batch=batch)
-    assert torch.equal(ref[1], out[1])
-    torch.testing.assert_close(ref[0], out[0], atol=1e-6, rtol=0)
-
-
 @pytest.mark.parametrize("batch,n,c", [(1, 500, 16), (7, 120, 9), (3, 0, 5), (2, 300, 40000)])
 def test_schedule_levels_equal_the_sequential_definition(batch, n, c):
     rng = np.random.default_rng(0)
     i = rng.integers(0, c, (batch, n))
     j = (i + rng.integers(1, c, (batch, n))) % c  # j != i
-    level = _eoi_arrays._schedule(i, j, c)
+    level = arrays._schedule(i, j, c)
     for b in range(batch):
         last = {}  # column -> level of the latest rotation touching it
         for s in range(n):
@@ -317,47 +307,76 @@ def test_schedule_levels_equal_the_sequential_definition(batch, n, c):
             assert len(np.unique(touched)) == touched.size
 
 
-def test_path_choice_follows_size_and_threads(monkeypatch):
-    assert _eoi_arrays.dense_path(1, 128, 128) and _eoi_arrays.dense_path(1, 1024, 1024)
-    assert not _eoi_arrays.dense_path(1, 2048, 2048)
+def test_arrays_route_follows_size_and_threads(monkeypatch):
+    assert arrays.route_for(1, 128, 128) == arrays.route_for(1, 1024, 1024) == "dense"
+    assert arrays.route_for(1, 2048, 2048) == "segments"
+    assert arrays.route_for(1, 8192, 8192) == "bitset"
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert not _eoi_arrays.dense_path(1000, 128, 128)  # large batch, threads: segment passes
+    assert arrays.route_for(1000, 128, 128) == "bitset"  # large batch, threads: segment passes
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert _eoi_arrays.dense_path(1000, 128, 128)
+    assert arrays.route_for(1000, 128, 128) == "dense"
 
 
-def test_numba_switch_selects_the_backend(monkeypatch):
-    monkeypatch.setenv(givens.NUMBA_ENV, "0")
-    assert givens.backend() == "python" and givens.compiled_kernels() is None
+def test_auto_backend_and_the_environment_variable(monkeypatch):
+    monkeypatch.delenv(backends.BACKEND_ENV, raising=False)
+    numba = "compiled" in list_backends(available_only=True)
+    assert default_backend() == ("compiled" if numba else "arrays")
+    assert default_backend("cuda") == default_backend()  # both run on every device
+    monkeypatch.setenv(backends.BACKEND_ENV, "arrays")
+    assert default_backend() == "arrays"
     w0, m0 = sparse_orthogonal(60, 90, 0.2, generator=gen(4))
-    monkeypatch.setenv(givens.NUMBA_ENV, "1")
-    expected = "numba" if givens._import_kernel() is not None else "python"
-    assert givens.backend() == expected
+    monkeypatch.setenv(backends.BACKEND_ENV, "auto")
     w1, m1 = sparse_orthogonal(60, 90, 0.2, generator=gen(4))
     assert torch.equal(m0, m1)
     torch.testing.assert_close(w0, w1, atol=1e-6, rtol=0)
-    monkeypatch.setenv(givens.NUMBA_ENV, "yes")
-    with pytest.raises(ValueError, match=r"ORTHOSPARSE_NUMBA='yes' must be 0 .* or 1"):
+    monkeypatch.setenv(backends.BACKEND_ENV, "arrays-dense")  # backend= beats the variable
+    w2, _ = sparse_orthogonal(60, 90, 0.2, generator=gen(4), backend="reference")
+    torch.testing.assert_close(w0, w2, atol=1e-6, rtol=0)
+    monkeypatch.setenv(backends.BACKEND_ENV, "yes")
+    with pytest.raises(ValueError, match=r"ORTHOSPARSE_EOI_BACKEND='yes' must be 'auto' or an "
+                                         r"EOI backend: arrays, "):
         sparse_orthogonal(4, 4, 0.5)
 
 
-def test_without_numba_the_python_path_runs(monkeypatch):
+@pytest.mark.parametrize("name,exc,match", [
+    ("numba", ValueError, r"unknown EOI backend 'numba'; choose 'auto' or one of: arrays, "
+                          r"arrays-bitset, .*reference"),
+    (3, TypeError, r"backend must be a string, got int"),
+])
+def test_bad_backend_raises(name, exc, match):
+    with pytest.raises(exc, match=match):
+        sparse_orthogonal(4, 4, 0.5, backend=name)
+
+
+def test_backend_for_other_devices_only_is_refused_on_the_cpu(monkeypatch):
+    gpu_only = backends.Backend(backends.BACKENDS.get("arrays").build, "test", devices=("cuda",))
+    monkeypatch.setitem(backends.BACKENDS._items, "gpu-test", gpu_only)
+    with pytest.raises(ValueError, match=r"EOI backend 'gpu-test' runs on cuda, not on cpu"):
+        sparse_orthogonal(4, 4, 0.5, backend="gpu-test")
+
+
+def test_without_numba_the_array_passes_run(monkeypatch):
     import sys
 
     import orthosparse
 
-    givens._import_kernel.cache_clear()
+    monkeypatch.delenv(backends.BACKEND_ENV, raising=False)
+    backends.load_compiled.cache_clear()
     monkeypatch.setitem(sys.modules, "numba", None)  # "import numba" raises ModuleNotFoundError
     monkeypatch.delitem(sys.modules, "orthosparse.eoi.compiled", raising=False)
     monkeypatch.delattr(orthosparse.eoi, "compiled", raising=False)  # the package attribute too
     try:
-        assert givens.backend() == "python"
+        assert default_backend() == "arrays"
+        assert "compiled" not in list_backends(available_only=True)
         w, m = sparse_orthogonal(30, 30, 0.3, generator=gen(1), dtype=torch.float64)
         w_ref, m_ref = reference_sparse_orthogonal(30, 30, 0.3, generator=gen(1))
         assert torch.equal(m, m_ref)
         torch.testing.assert_close(w, w_ref, atol=1e-12, rtol=0)
+        with pytest.raises(RuntimeError, match=r"EOI backend 'compiled' cannot run here: numba "
+                                               r"is not installed \(pip install numba"):
+            sparse_orthogonal(30, 30, 0.3, backend="compiled")
     finally:
-        givens._import_kernel.cache_clear()
+        backends.load_compiled.cache_clear()
 
 
 def test_unusable_numba_warns_and_falls_back(monkeypatch):
@@ -366,15 +385,19 @@ def test_unusable_numba_warns_and_falls_back(monkeypatch):
 
     import orthosparse
 
+    monkeypatch.delenv(backends.BACKEND_ENV, raising=False)
     broken = types.ModuleType("numba")  # imports, but has no njit: loading the kernels fails
-    givens._import_kernel.cache_clear()
+    backends.load_compiled.cache_clear()
     monkeypatch.setitem(sys.modules, "numba", broken)
     monkeypatch.delitem(sys.modules, "orthosparse.eoi.compiled", raising=False)
     monkeypatch.delattr(orthosparse.eoi, "compiled", raising=False)
     try:
         with pytest.warns(UserWarning, match="EOI kernel cannot be loaded .*AttributeError"):
-            assert givens.backend() == "python"
+            assert default_backend() == "arrays"
         w, m = sparse_orthogonal(20, 20, 0.3, generator=gen(1))
         assert gram_error(w) <= 1e-6
+        with pytest.raises(RuntimeError, match=r"'compiled-layered' cannot run here: numba is "
+                                               r"installed but the kernel cannot be loaded"):
+            sparse_orthogonal(20, 20, 0.3, backend="compiled-layered")
     finally:
-        givens._import_kernel.cache_clear()
+        backends.load_compiled.cache_clear()

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from orthosparse.eoi import generator as givens
+from orthosparse.eoi import list_backends, sparse_orthogonal
 from orthosparse.init import center_density_for, eoi_, eoi_group_, orthogonal_
 
 
@@ -20,6 +20,11 @@ def gram_error(m, gain=1.0):
     return (g - gain**2 * torch.eye(min(m.shape), dtype=torch.float64)).abs().max().item()
 
 
+def keep(density, numel):
+    """Expected mask size: ``density * numel`` rounded half up (the rule of the masks)."""
+    return math.floor(density * numel + 0.5)
+
+
 def centre(w):
     return w[(slice(None), slice(None), *(k // 2 for k in w.shape[2:]))]
 
@@ -31,7 +36,7 @@ def test_eoi_linear_is_orthogonal_with_its_mask(shape):
     assert mask.dtype == torch.bool and mask.shape == w.shape
     assert gram_error(w, 1.5) <= 4e-6
     assert not w[~mask].any()
-    w2, m2 = givens.sparse_orthogonal(*shape, 0.2, gain=1.5, generator=gen())
+    w2, m2 = sparse_orthogonal(*shape, 0.2, gain=1.5, generator=gen())
     assert torch.equal(w, w2) and torch.equal(mask, m2)
 
 
@@ -50,7 +55,7 @@ def test_eoi_conv_delta_rule(shape, density):
     w = torch.full(shape, 7.0)
     mask = eoi_(w, density, gain=1.0247, generator=gen(4))
     numel = w.numel()
-    assert int(mask.sum()) == max(round(density * numel), int((centre(w) != 0).sum()))
+    assert int(mask.sum()) == max(keep(density, numel), int((centre(w) != 0).sum()))
     off_centre = torch.ones(shape, dtype=torch.bool)
     off_centre[(slice(None), slice(None), *(k // 2 for k in shape[2:]))] = False
     assert not w[off_centre].any(), "only the centre tap holds values"
@@ -59,10 +64,44 @@ def test_eoi_conv_delta_rule(shape, density):
     assert centre(mask)[centre(w) != 0].all()
 
 
+def test_conv_mask_count_rounds_halves_up_like_the_masks():
+    # 4x2x3x3 at d=0.0625: 4.5 weights; keep_count (and compute_masks("uniform")) keep 5, where
+    # Python's round (half to even) would keep 4.
+    from orthosparse._checks import keep_count
+
+    w = torch.empty(4, 2, 3, 3)
+    mask = eoi_(w, 0.0625, generator=gen())
+    assert 0.0625 * w.numel() == 4.5
+    assert int(mask.sum()) == 5 == keep_count(0.0625, w.numel())
+    masks = eoi_group_([torch.empty(4, 2, 3, 3) for _ in range(3)], 0.0625, generator=gen())
+    assert [int(m.sum()) for m in masks] == [5, 5, 5]
+
+
+@pytest.mark.parametrize("backend", list_backends(available_only=True))
+def test_every_backend_gives_the_same_masks_through_eoi(backend):
+    for shape in [(30, 50), (16, 8, 3, 3)]:
+        ws = [torch.empty(shape) for _ in range(2)]
+        masks = eoi_group_(ws, 0.2, generator=gen(2), backend=backend)
+        ref = [torch.empty(shape) for _ in range(2)]
+        ref_masks = eoi_group_(ref, 0.2, generator=gen(2), backend="reference")
+        for w, m, w_ref, m_ref in zip(ws, masks, ref, ref_masks, strict=True):
+            assert torch.equal(m, m_ref)
+            torch.testing.assert_close(w, w_ref, atol=1e-6, rtol=0)
+        w, w_ref = torch.empty(shape), torch.empty(shape)
+        m = eoi_(w, 0.2, generator=gen(3), backend=backend)
+        assert torch.equal(m, eoi_(w_ref, 0.2, generator=gen(3), backend="reference"))
+        torch.testing.assert_close(w, w_ref, atol=1e-6, rtol=0)
+
+
+def test_unknown_backend_raises():
+    with pytest.raises(ValueError, match=r"unknown EOI backend 'fast'; choose 'auto' or one of"):
+        eoi_(torch.empty(4, 4), 0.5, backend="fast")
+
+
 def test_conv_below_centre_floor_still_reaches_density_or_warns():
     w = torch.empty(8, 8, 3, 3, 3)  # d=0.05 < 1/8 at the centre, but 86 >= 8 positions allowed
     mask = eoi_(w, 0.05, generator=gen())
-    assert int(mask.sum()) == round(0.05 * w.numel())
+    assert int(mask.sum()) == keep(0.05, w.numel())
     with pytest.warns(UserWarning, match=r"below the sparsest exact delta-orthogonal kernel"):
         mask = eoi_(torch.empty(64, 64, 3, 3), 0.001, generator=gen())
     assert int(mask.sum()) == 64
@@ -92,7 +131,7 @@ def test_center_density_policies():
     mask = eoi_(w, 0.05, generator=gen(), center_density="more")
     centre_nnz = int((centre(w) != 0).sum())
     assert centre_nnz == pytest.approx(min(0.45, math.sqrt(0.05)) * 64 * 64, rel=0.05)
-    assert int(mask.sum()) == round(0.05 * w.numel())
+    assert int(mask.sum()) == keep(0.05, w.numel())
 
 
 @pytest.mark.parametrize("policy,exc,match", [
@@ -113,7 +152,7 @@ def test_grouped_and_depthwise_centre_matrices():
     depthwise = torch.empty(16, 1, 3, 3)
     mask = eoi_(depthwise, 0.5, generator=gen())
     assert gram_error(centre(depthwise)) <= 2e-6  # a unit vector over channels
-    assert int(mask.sum()) == round(0.5 * depthwise.numel())
+    assert int(mask.sum()) == keep(0.5, depthwise.numel())
 
 
 @pytest.mark.parametrize("density", [1.0, 0.3])
@@ -144,7 +183,7 @@ def test_group_equals_single_and_batches_same_shapes():
     masks = eoi_group_(ws, 0.1, generator=gen())
     for w, m in zip(ws, masks, strict=True):
         assert gram_error(centre(w)) <= 2e-6
-        assert int(m.sum()) == round(0.1 * w.numel())
+        assert int(m.sum()) == keep(0.1, w.numel())
     assert not torch.equal(masks[0], masks[1])
 
 

@@ -7,7 +7,7 @@ The short public API lives here; the modules hold the rest (``orthosparse.diagno
 ``orthosparse.models``, ``orthosparse.data``, ``orthosparse.lab.train``, ``orthosparse.baselines``).
 """
 
-from .eoi.generator import sparse_orthogonal
+from .eoi import sparse_orthogonal
 from .init import eoi_, eoi_group_, orthogonal_
 from .masks import compute_masks, list_mask_methods
 from .sparse import (

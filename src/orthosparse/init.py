@@ -4,10 +4,11 @@ Convolutions follow the delta-orthogonal construction (`Dynamical Isometry and a
 of CNNs: How to Train 10,000-Layer Vanilla Convolutional Neural Networks` - Xiao et al. (2018),
 arXiv 1806.05393): every tap is zero except the centre one, which holds ``gain * H`` with ``H`` an
 orthogonal ``c_out x c_in`` matrix. With circular padding such a convolution is an isometry, since
-it applies ``H`` to every pixel. EOI makes ``H`` sparse (SPEC §3): ``H = EOI(c_out, c_in, d_H)`` and
-the mask is the support of ``H`` at the centre plus extra trainable positions, drawn uniformly
-among the remaining zero positions of the whole kernel, that start at value 0, until the mask
-density equals the target ``d``.
+it applies ``H`` to every pixel. EOI makes ``H`` sparse (docs/design.md §2 (EOI for convolutions)):
+``H = EOI(c_out, c_in, d_H)`` and the mask is the support of ``H`` at the centre plus extra
+trainable positions, drawn uniformly among the remaining zero positions of the whole kernel, that
+start at value 0, until the mask holds ``keep_count(d, numel)`` weights (halves round up, the rule
+of the masks).
 
 Grouped and depthwise convolutions treat their ``(c_out, c_in / groups)`` centre matrix like any
 other, as the EOI paper does for EfficientNet.
@@ -24,8 +25,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ._checks import check_density, check_generator
-from .eoi import generator as givens
+from ._checks import check_density, check_generator, keep_count
+from .eoi.backends import select
+from .eoi.generator import generate
+from .eoi.problem import make_problem
 
 __all__ = ["CenterDensity", "center_density_for", "eoi_", "eoi_group_", "orthogonal_"]
 
@@ -95,8 +98,13 @@ def _fill_group(
     gain: float,
     generator: torch.Generator | None,
     center_density: CenterDensity,
+    backend: str,
 ) -> list[torch.Tensor]:
-    """EOI for same-shape weights in one batched generation (validated by the callers)."""
+    """EOI for same-shape weights in one batched generation (validated by the callers).
+
+    Every count computed here is ``keep_count(density, numel)`` (halves round up), the rule the
+    masks use.
+    """
     first = tensors[0]
     c_out, c_in = first.shape[0], first.shape[1]
     kernel = tuple(first.shape[2:])
@@ -107,24 +115,22 @@ def _fill_group(
         # bring the layer to ``density``, so only a layer that cannot reach it is warned about.
         floor = 1.0 / max(c_out, c_in)
         d_h = max(d_h, floor)
-        if floor * c_out * c_in > round(density * first.numel()):
+        if floor * c_out * c_in > keep_count(density, first.numel()):
             warnings.warn(
                 f"density={density:.6g} is below the sparsest exact delta-orthogonal kernel of "
                 f"shape {tuple(first.shape)}; returning density "
                 f"{min(c_out, c_in) / first.numel():.6g} instead",
                 stacklevel=4,
             )
-    args = givens._validate(
-        c_out, c_in, d_h, gain, _compute_dtype(first.dtype), generator, len(tensors),
-        stacklevel=4,
-    )
-    weights, masks = givens._build(*args[:6], first.device, len(tensors))
+    problem = make_problem(c_out, c_in, d_h, gain=gain, dtype=_compute_dtype(first.dtype),
+                           device=first.device, batch=len(tensors), stacklevel=4)
+    weights, masks = generate(problem, generator, select(backend, problem.device)[1])
     if not kernel:
         torch._foreach_copy_(list(tensors), list(weights))  # one dispatch for the whole group
         return list(masks)
 
     centre = (slice(None), slice(None), *(k // 2 for k in kernel))
-    target = round(density * first.numel())
+    target = keep_count(density, first.numel())
     torch._foreach_zero_(list(tensors))
     torch._foreach_copy_([tensor[centre] for tensor in tensors], list(weights))
     centre_nnz = masks.reshape(len(tensors), -1).sum(dim=1).tolist()
@@ -220,6 +226,7 @@ def eoi_(
     gain: float = 1.0,
     generator: torch.Generator | None = None,
     center_density: CenterDensity = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Fill ``tensor`` in place with an exact sparse orthogonal (EOI) weight; return its mask.
 
@@ -229,7 +236,8 @@ def eoi_(
     A 2-D weight ``(out, in)`` gets ``gain * A`` with ``A`` exactly orthogonal on its smaller side
     (:func:`orthosparse.eoi.sparse_orthogonal`). A conv weight ``(c_out, c_in/groups, *kernel)``
     (odd kernel) gets the sparse delta-orthogonal kernel: ``gain * H`` at the centre tap, zeros
-    elsewhere; the mask adds zero-valued trainable positions until its density is ``density``.
+    elsewhere; the mask adds zero-valued trainable positions until it holds
+    ``keep_count(density, numel)`` weights (``round(density * numel)``, halves up).
 
     Args:
         tensor: 2-D to 5-D floating weight, any device; half types are generated in float32.
@@ -237,13 +245,17 @@ def eoi_(
         gain: scale of the orthogonal matrix.
         generator: CPU generator for every random draw.
         center_density: conv centre-matrix policy (:data:`CenterDensity`).
+        backend: EOI backend, ``"auto"`` or a name from :func:`orthosparse.eoi.list_backends`
+            (same masks from every one).
 
     Returns:
         The bool mask, same shape and device as ``tensor``.
 
     Raises:
-        ValueError: density outside (0, 1] or NaN, 1-D or >5-D tensors, even kernel sizes.
+        ValueError: density outside (0, 1] or NaN, 1-D or >5-D tensors, even kernel sizes, an
+            unknown backend.
         TypeError: non-tensor or non-floating tensor.
+        RuntimeError: a backend named that cannot run here (``"compiled"`` without numba).
 
     Example:
         >>> w = torch.empty(256, 128)
@@ -252,7 +264,8 @@ def eoi_(
     if not _check_weight(tensor, "eoi_"):
         return torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
     density = check_density(density)
-    return _fill_group([tensor], density, gain, check_generator(generator), center_density)[0]
+    return _fill_group([tensor], density, gain, check_generator(generator), center_density,
+                       backend)[0]
 
 
 def eoi_group_(
@@ -262,6 +275,7 @@ def eoi_group_(
     gain: float = 1.0,
     generator: torch.Generator | None = None,
     center_density: CenterDensity = None,
+    backend: str = "auto",
 ) -> list[torch.Tensor]:
     """Fill same-shape weights in place with EOI in one batched generation; return their masks.
 
@@ -287,7 +301,8 @@ def eoi_group_(
     if not _check_weight(first, "eoi_group_"):
         return [torch.zeros(t.shape, dtype=torch.bool, device=t.device) for t in tensors]
     density = check_density(density)
-    return _fill_group(tensors, density, gain, check_generator(generator), center_density)
+    return _fill_group(tensors, density, gain, check_generator(generator), center_density,
+                       backend)
 
 
 @torch.no_grad()

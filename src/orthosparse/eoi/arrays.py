@@ -1,41 +1,79 @@
-"""EOI with array passes (numpy on small CPU problems, torch elsewhere): the path without numba,
-and on devices other than the CPU the layered application of the kept rotations.
+"""EOI by array passes (numpy and torch): the backend without numba, and on devices other than
+the CPU the layered application of the kept rotations.
 
-See :mod:`orthosparse.eoi.generator` for the scheduling, the bitset stop rule and the segment
-passes.
+Rotations are found by one of two scans and applied by one of two rotation passes; ``route``
+picks the pair (``"auto"``: by size, see :func:`route_for`; the three routes are also registered
+as backends of their own so that tests reach each one by name):
+
+* ``"dense"``: the sequential scan (Python integers as bitsets, one matrix after another) finds
+  the stop, each kept rotation's layer and the final support; each layer is one stacked 2x2
+  matmul on the dense values (numpy). Fewest array calls: the route for small problems.
+* ``"segments"``: the same sequential scan; the kept rotations are applied layer by layer with
+  the 8-row segment passes (torch, on ``problem.device``).
+* ``"bitset"``: the stop comes from the bitset support pass, a layer at a time over the whole
+  stream (steps 1-2 below), then the segment passes. Nothing per rotation in Python: the route
+  for large problems, and the one that runs entirely on a device.
+
+1. *Scheduling.* Rotations on disjoint column pairs commute, so the sequence is cut into layers:
+   each rotation goes one layer after the latest earlier rotation that shares a column (the
+   longest path in the dependency DAG, computed by vectorized relaxation). Inside a layer every
+   column appears at most once, so a whole layer is one gather-rotate-scatter. Every entry still
+   sees the rotations that touch its column in sequence order, hence the same matrix.
+2. *Stop rule without recounting.* Support is tracked as packed 64-bit row bitsets per column.
+   The support growth of rotation ``s`` is ``2|S_i u S_j| - |S_i| - |S_j|`` evaluated on the
+   column states just before ``s``; the schedule applies exactly the earlier rotations touching
+   ``i`` and ``j`` before ``s``, so a layer-by-layer pass yields every rotation's growth, and a
+   cumulative sum in sequence order gives ``nnz`` after every prefix.
+3. *Application.* Only the chosen prefix is applied to the values; rotations of two still-empty
+   columns are no-ops and are dropped. Same-shape matrices (``batch``) are stacked along the
+   column axis and scheduled together.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 
-from .stream import keep_later
+from .problem import Problem
+from .stream import Draws, keep_later
 
-__all__ = ["apply_layers", "build", "collect", "dense_path"]
+__all__ = ["Route", "apply_layers", "build", "collect", "route_for"]
+
+Route = Literal["auto", "dense", "segments", "bitset"]
 
 
-def build(rows, cols, gain, dtype, device, n_mat, need, draws):
-    """EOI without the compiled kernel: ``(weight, mask)`` as ``givens._build`` returns them."""
-    r, c = min(rows, cols), max(rows, cols)
-    if dense_path(n_mat, r, c):
+def build(problem: Problem, draws: Draws, route: Route = "auto"
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backend interface (:mod:`orthosparse.eoi.backends`) by array passes.
+
+    Returns ``(weight, mask)`` with a leading batch dim on ``problem.device``; ``weight`` is a
+    (possibly transposed) view in ``problem.compute_dtype``.
+    """
+    n_mat, r, c, need = problem.n_mat, problem.r, problem.c, problem.need
+    if route == "auto":
+        route = route_for(n_mat, r, c)
+    if route == "dense":
         gi, gj, theta, level, support = _scan_sequential(n_mat, r, c, need, draws)
-        return _rotate_dense(rows, cols, gain, dtype, device, n_mat, gi, gj, theta, level,
-                             support)
-    if n_mat * c <= _SEQUENTIAL_UP_TO:
+        return _rotate_dense(problem, gi, gj, theta, level, support)
+    if route == "segments":
         gi, gj, theta, level, _ = _scan_sequential(n_mat, r, c, need, draws, support=False)
+    elif route == "bitset":
+        gi, gj, theta, level = _kept_rotations(n_mat, r, c, need, draws, problem.device)
     else:
-        gi, gj, theta, level = _kept_rotations(n_mat, r, c, need, draws, device)
-    return apply_layers(rows, cols, gain, dtype, device, n_mat, gi, gj, theta, level)
+        raise AssertionError(f"unknown route {route!r}")
+    return apply_layers(problem, gi, gj, theta, level)
 
 
-def apply_layers(rows, cols, gain, dtype, device, n_mat, gi, gj, theta, level):
-    """Apply the kept rotations (flat global column ids, angles, layers) layer by layer on
-    ``device`` with the segment passes; return ``(weight, mask)`` as :func:`build` does."""
-    r, c = min(rows, cols), max(rows, cols)
+def apply_layers(problem: Problem, gi, gj, theta, level) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply the kept rotations (flat global column ids, angles, layers, as :func:`collect`
+    gives them) layer by layer on ``problem.device`` with the segment passes; return
+    ``(weight, mask)`` as :func:`build` does."""
+    n_mat, r, c, device = problem.n_mat, problem.r, problem.c, problem.device
     order, bounds = _layer_order(level)
 
-    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    compute = problem.compute_dtype
     dgi = torch.from_numpy(gi[order]).to(device)
     dgj = torch.from_numpy(gj[order]).to(device)
     cos = torch.from_numpy(np.cos(theta[order])).to(device=device, dtype=compute).unsqueeze(1)
@@ -45,16 +83,14 @@ def apply_layers(rows, cols, gain, dtype, device, n_mat, gi, gj, theta, level):
     segments = (r + 7) // 8
     values = torch.zeros(n_mat, c, segments * 8, dtype=compute, device=device)  # rows of A^T
     diag = torch.arange(r, device=device)
-    values[:, diag, diag] = gain
+    values[:, diag, diag] = problem.gain
     bits, _ = _initial_bits(n_mat, r, c, device)
-    _passes(device, n_mat * r * c)[1](bits, values.view(n_mat * c, -1), dgi, dgj, cos, sin, bounds)
+    _rotate(bits, values.view(n_mat * c, -1), dgi, dgj, cos, sin, bounds)
     values = values[:, :, :r]  # (batch, c, r): A^T, a view
     bits = bits.view(n_mat, c, -1)
-    if rows <= cols:  # W = A: the transpose of the working layout
+    if problem.wide:  # W = A: the transpose of the working layout
         return values.transpose(1, 2), _unpack_bits(bits, r, transpose=True)
     return values, _unpack_bits(bits, r, transpose=False)
-
-
 
 
 def _schedule(i: np.ndarray, j: np.ndarray, c: int) -> np.ndarray:
@@ -155,42 +191,6 @@ def _support_pass(bits, count, gi, gj, bounds):
     return growth, empty
 
 
-def _support_pass_numpy(bits, count, gi, gj, bounds):
-    """:func:`_support_pass` on the CPU with numpy (a tenth of torch's per-call overhead)."""
-    bits, count, gi, gj = (x.numpy() for x in (bits, count, gi, gj))
-    bits = bits.view(np.uint64)
-    growth = np.empty(gi.shape[0], dtype=np.int64)
-    empty = np.empty(gi.shape[0], dtype=bool)
-    for lo, hi in bounds:
-        ii, jj = gi[lo:hi], gj[lo:hi]
-        union = bits[ii] | bits[jj]  # (k, words)
-        cu = np.bitwise_count(union).sum(axis=1, dtype=np.int64)
-        ca, cb = count[ii], count[jj]
-        growth[lo:hi] = 2 * cu - ca - cb
-        empty[lo:hi] = (ca + cb) == 0
-        bits[ii] = union
-        bits[jj] = union
-        count[ii] = cu
-        count[jj] = cu
-    return torch.from_numpy(growth), torch.from_numpy(empty)
-
-
-def _passes(device: torch.device, elements: int):
-    """The (support pass, rotation pass) pair for ``elements`` output entries on ``device``.
-
-    Small CPU problems use numpy (about a tenth of torch's per-call overhead); large ones use
-    torch, whose gathers and arithmetic run on every core; other devices always use torch. Both
-    pairs apply the same operations in the same order; the torch pair is tested on the CPU too.
-    """
-    if device.type == "cpu" and elements < _NUMPY_BELOW and not FORCE_TORCH_PASSES:
-        return _support_pass_numpy, _rotate_numpy
-    return _support_pass, _rotate
-
-
-_NUMPY_BELOW = 1 << 20  # output entries; measured crossover on 2 cores is between 2^18 and 2^22
-FORCE_TORCH_PASSES = False  # tests flip this to run the device (torch) passes on the CPU
-
-
 def _unpack_bits(bits: torch.Tensor, r: int, transpose: bool) -> torch.Tensor:
     """Bitsets (batch, n, words) -> bool (batch, n, r), or (batch, r, n) when ``transpose``.
 
@@ -232,7 +232,7 @@ def _stop_points(batch, r, c, need, draws, device):
         level = _schedule(i, j, c).ravel()
         order, bounds = _layer_order(level)
         dev_order = torch.from_numpy(order).to(device)
-        growth_l, empty_l = _passes(device, batch * r * c)[0](
+        growth_l, empty_l = _support_pass(
             bits, count, torch.from_numpy(gi).to(device)[dev_order],
             torch.from_numpy(gj).to(device)[dev_order], bounds,
         )
@@ -284,7 +284,8 @@ def collect(draws, c, picks):
     return gi, gj, theta, level
 
 
-# Path choice, measured with benchmarks/init_cost.py (one thread) and eoi_speed.py (two):
+# Route choice (internal tuning, not an interface: name a route as a backend to force it),
+# measured with benchmarks/init_cost.py (one thread) and eoi_speed.py (two):
 # - up to 1024 rows the sequential scan with dense layer-wise rotations (numpy, one thread) beats
 #   the bitset and segment passes (128x128 2x, 1024x1024 1.6x, 1000 x 128x128 1.2x on one
 #   thread), except for large batches when torch has several threads for the segment passes;
@@ -294,37 +295,38 @@ _DENSE_MULTITHREAD_UP_TO = 1 << 22  # batch * r * c: above it, several threads f
 _SEQUENTIAL_UP_TO = 4096  # batch * c
 
 
-def dense_path(n_mat: int, r: int, c: int) -> bool:
-    """Whether :func:`build` takes the sequential scan and dense rotations."""
-    if r > _DENSE_ROWS_UP_TO:
-        return False
-    return n_mat * r * c <= _DENSE_MULTITHREAD_UP_TO or torch.get_num_threads() == 1
+def route_for(n_mat: int, r: int, c: int) -> Route:
+    """The route :func:`build` takes for ``n_mat`` matrices ``r x c`` with ``route="auto"``."""
+    if r <= _DENSE_ROWS_UP_TO and (n_mat * r * c <= _DENSE_MULTITHREAD_UP_TO
+                                   or torch.get_num_threads() == 1):
+        return "dense"
+    return "segments" if n_mat * c <= _SEQUENTIAL_UP_TO else "bitset"
 
 
-def _rotate_dense(rows, cols, gain, dtype, device, n_mat, gi, gj, theta, level, support):
-    """:func:`build` for up to ``_DENSE_ROWS_UP_TO`` rows: dense layer-wise rotations.
+def _rotate_dense(problem: Problem, gi, gj, theta, level, support):
+    """The ``"dense"`` route's rotations: dense layer-wise 2x2 matmuls.
 
     Every array call costs microseconds whatever its size, so small matrices are built with as
     few of them as possible: each layer of the kept rotations (from :func:`_scan_sequential`,
     which also gives the final ``support`` bytes) is applied to the dense values with one
     gather, one batched 2x2 matmul and one scatter.
     """
-    r, c = min(rows, cols), max(rows, cols)
+    n_mat, r, c = problem.n_mat, problem.r, problem.c
     order, bounds = _layer_order(level)
-    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    np_dtype = np.float64 if problem.compute_dtype == torch.float64 else np.float32
     pairs = np.stack([gi[order], gj[order]], axis=1)  # (T, 2): the two columns of each rotation
     cos, sin = np.cos(theta[order]), np.sin(theta[order])
     rot = np.stack([cos, sin, -sin, cos], axis=1).astype(np_dtype).reshape(-1, 2, 2)
     values = np.zeros((n_mat * c, r), dtype=np_dtype)  # rows of A^T, matrix after matrix
     diag = np.arange(r)
-    values.reshape(n_mat, c, r)[:, diag, diag] = gain
+    values.reshape(n_mat, c, r)[:, diag, diag] = problem.gain
     for lo, hi in bounds:  # [x; y] <- [[cos, sin], [-sin, cos]] @ [x; y] for every pair
         p = pairs[lo:hi]
         values[p] = np.matmul(rot[lo:hi], values[p])  # (k, 2, 2) @ (k, 2, r)
     mask = np.unpackbits(support, axis=1, count=r, bitorder="little").view(bool)
-    values = torch.from_numpy(values).view(n_mat, c, r).to(device)
-    mask = torch.from_numpy(mask).view(n_mat, c, r).to(device)
-    if rows <= cols:  # W = A: the transpose of the working layout
+    values = torch.from_numpy(values).view(n_mat, c, r).to(problem.device)
+    mask = torch.from_numpy(mask).view(n_mat, c, r).to(problem.device)
+    if problem.wide:  # W = A: the transpose of the working layout
         return values.transpose(1, 2), mask.transpose(1, 2).contiguous()
     return values, mask
 
@@ -427,31 +429,3 @@ def _rotate(bits, values, gi, gj, cos, sin, bounds, max_pairs: int | None = None
             torch.mul(x, cs, out=out[: x.shape[0]]).addcmul_(y, sn)  # cos*x + sin*y
             torch.mul(y, cs, out=out[x.shape[0] :]).addcmul_(x, sn, value=-1.0)  # -sin*x + cos*y
             flat.index_copy_(0, idx, out)
-
-
-def _rotate_numpy(bits, values, gi, gj, cos, sin, bounds, max_pairs: int | None = None):
-    """:func:`_rotate` on the CPU with numpy (a tenth of torch's per-call overhead)."""
-    segments = values.shape[1] // 8
-    if max_pairs is None:  # bound the temporaries to ~1/2 of ``values``
-        max_pairs = max(256, values.shape[0] // 8)
-    flat = values.numpy().reshape(-1, 8)  # (n_cols * segments, 8), shares memory
-    bits = bits.numpy().view(np.uint64)
-    gi, gj, cos, sin = gi.numpy(), gj.numpy(), cos.numpy(), sin.numpy()
-    for lo, hi in bounds:
-        for a0 in range(lo, hi, max_pairs):
-            a1 = min(hi, a0 + max_pairs)
-            ii, jj = gi[a0:a1], gj[a0:a1]
-            union = bits[ii] | bits[jj]  # (k, words)
-            bits[ii] = union
-            bits[jj] = union
-            pair, seg = np.nonzero(union.view(np.uint8)[:, :segments])
-            fi = ii[pair] * segments + seg
-            fj = jj[pair] * segments + seg
-            cs, sn = cos[a0:a1][pair], sin[a0:a1][pair]  # (n, 1)
-            x, y = flat[fi], flat[fj]  # (n, 8)
-            new_x = x * cs
-            new_x += y * sn  # cos*x + sin*y
-            y *= cs
-            y -= x * sn  # -sin*x + cos*y
-            flat[fi] = new_x
-            flat[fj] = y

@@ -1,8 +1,13 @@
-"""The random rotation stream and the stop rule that every EOI implementation shares.
+"""The random rotation stream and the stop rule that every EOI backend shares.
 
-Same generator seed, same stream, same stop: the oracle (:func:`orthosparse.eoi.generator.
-reference_sparse_orthogonal`), the array passes (:mod:`orthosparse.eoi.arrays`) and the compiled
-kernel (:mod:`orthosparse.eoi.compiled`) all build the same matrix.
+Same generator seed, same stream, same stop: every backend of :mod:`orthosparse.eoi.backends`
+(the oracle :mod:`orthosparse.eoi.reference`, the array passes :mod:`orthosparse.eoi.arrays`, the
+compiled kernel :mod:`orthosparse.eoi.compiled`) builds the same matrix.
+
+Density growth (used to size the draws). Each row's support size ``K`` is a Markov chain: start
+at 1; a rotation grows it by one iff exactly one of its columns is in the row's support,
+probability ``2K(c-K)/(c(c-1))``. The mean-field ODE ``dK/dt = 2K(c-K)/(c(c-1))`` with ``K(0)=1``
+gives ``t(d) = ((c-1)/2) ln(d(c-1)/(1-d))`` rotations to reach density ``d``.
 """
 
 from __future__ import annotations
@@ -30,13 +35,17 @@ class Draws:
     draws the same chunks and leaves ``generator`` in the same state. Chunk ``k`` holds, per matrix,
     ``n_k`` rotations ``(i, j, theta)``: ``i ~ U{0..c-1}``, ``j ~ U({0..c-1} minus {i})``,
     ``theta ~ U[0, 2 pi)`` (float64). All draws are made on the CPU.
+
+    ``first``/``rest`` override the sizes of the first and later chunks (tests draw the stream in
+    many small chunks to check that every backend carries its state across them).
     """
 
-    def __init__(self, batch: int, c: int, density: float, generator: torch.Generator | None):
+    def __init__(self, batch: int, c: int, density: float, generator: torch.Generator | None,
+                 *, first: int | None = None, rest: int | None = None):
         self.batch, self.c, self.generator = batch, c, generator
         t = expected_rotations(c, density)
-        self.first = int(1.2 * t + 4.0 * math.sqrt(t)) + 16
-        self.rest = max(16, c)
+        self.first = first or int(1.2 * t + 4.0 * math.sqrt(t)) + 16
+        self.rest = rest or max(16, c)
         self.chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def chunk(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,103 @@
+"""One EOI request, validated once at the public boundary and handed to a backend as is.
+
+Every backend (:mod:`orthosparse.eoi.backends`) receives a :class:`Problem` and the random stream
+(:class:`orthosparse.eoi.stream.Draws`); it never validates again.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import check_density, check_float_dtype, check_positive_int
+
+__all__ = ["Problem", "make_problem"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """``batch`` EOI matrices of shape ``rows x cols`` (docs/design.md §1 (EOI semantics)).
+
+    ``dtype`` is the dtype the caller gets; backends compute in :attr:`compute_dtype` and the
+    generator casts. ``batch`` is None for a single matrix (no leading batch dim in the output).
+    """
+
+    rows: int
+    cols: int
+    density: float
+    gain: float
+    dtype: torch.dtype
+    device: torch.device
+    batch: int | None
+
+    @property
+    def r(self) -> int:
+        """The smaller side: ``A`` is ``r x c``."""
+        return min(self.rows, self.cols)
+
+    @property
+    def c(self) -> int:
+        """The larger side: the number of columns the rotations act on."""
+        return max(self.rows, self.cols)
+
+    @property
+    def n_mat(self) -> int:
+        """How many matrices are built (1 when ``batch`` is None)."""
+        return self.batch or 1
+
+    @property
+    def need(self) -> float:
+        """The stop threshold on ``nnz(A)``: ``density * r * c``."""
+        return self.density * self.r * self.c
+
+    @property
+    def wide(self) -> bool:
+        """``W = gain * A`` (``rows <= cols``), else ``W = gain * A^T``."""
+        return self.rows <= self.cols
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """float64 for float64 outputs, float32 for every other dtype (half types are cast)."""
+        return torch.float64 if self.dtype == torch.float64 else torch.float32
+
+
+def make_problem(
+    rows: object,
+    cols: object,
+    density: object,
+    *,
+    gain: object = 1.0,
+    dtype: object = torch.float32,
+    device: torch.device | str | None = None,
+    batch: object = None,
+    stacklevel: int = 2,
+) -> Problem:
+    """Validate an EOI request and return it as a :class:`Problem`.
+
+    A density below ``1/max(rows, cols)`` (the sparsest exact orthogonal matrix) is legal: it
+    warns, with ``stacklevel`` counted from the caller of this function, and builds that matrix.
+
+    Raises:
+        ValueError: density outside (0, 1] or NaN, non-positive sizes or batch, non-finite gain.
+        TypeError: non-integer sizes, non-float dtype.
+    """
+    rows = check_positive_int(rows, "rows")
+    cols = check_positive_int(cols, "cols")
+    density = check_density(density)
+    dtype = check_float_dtype(dtype)
+    if batch is not None:
+        batch = check_positive_int(batch, "batch")
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not math.isfinite(gain):
+        raise ValueError(f"gain={gain!r} must be a finite real number")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    c = max(rows, cols)
+    if density < 1.0 / c:
+        warnings.warn(
+            f"density={density:.6g} is below the sparsest exact orthogonal {rows}x{cols} matrix; "
+            f"returning density 1/{c}={1.0 / c:.6g} instead",
+            stacklevel=stacklevel + 1,
+        )
+    return Problem(rows, cols, density, float(gain), dtype, device, batch)
