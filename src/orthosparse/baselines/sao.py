@@ -39,7 +39,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .._checks import check_density, check_generator, check_positive_int
+from .._checks import check_density, check_generator, check_positive_int, keep_count
 
 __all__ = [
     "SaoActivation",
@@ -177,9 +177,8 @@ def _resolve_degree(shape: tuple[int, ...], density: object, degree: object,
     else:
         density = check_density(density)
         request = f"density={density}"
-        exact = density * c
-        wanted = round(exact)
-        if abs(exact - wanted) > 1e-9 * c or wanted < 1:
+        wanted = keep_count(density, c)
+        if abs(density * c - wanted) > 1e-9 * c or wanted < 1:
             return None, request
     return (wanted if wanted in sao_degrees(shape, activation) else None), request
 
