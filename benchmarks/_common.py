@@ -34,16 +34,17 @@ def median_time(fn: Callable[[], object], repeats: int, *, warmup: bool = False,
     return statistics.median(times)
 
 
-def eoi_by_shape(weights: list[torch.Tensor], density: float,
-                 generator: torch.Generator) -> list[torch.Tensor]:
+def eoi_by_shape(weights: list[torch.Tensor], density: float, generator: torch.Generator,
+                 backend: str = "auto") -> list[torch.Tensor]:
     """EOI on every weight, same-shape weights in one ``eoi_group_`` call (as ``sparsify``
-    does); the masks in the order of ``weights``."""
+    does) with EOI backend ``backend``; the masks in the order of ``weights``."""
     groups: dict[tuple, list[int]] = {}
     for i, w in enumerate(weights):
         groups.setdefault(tuple(w.shape), []).append(i)
     masks: list[torch.Tensor] = [None] * len(weights)  # type: ignore[list-item]
     for idx in groups.values():
-        for i, m in zip(idx, eoi_group_([weights[i] for i in idx], density, generator=generator),
-                        strict=True):
+        group = eoi_group_([weights[i] for i in idx], density, generator=generator,
+                           backend=backend)
+        for i, m in zip(idx, group, strict=True):
             masks[i] = m
     return masks

@@ -6,7 +6,7 @@ Targets (issue 2; medians of >= 5 repeats, measured in one run on one machine):
   GPU: 16384x16384 d=0.1 <= 50 ms end to end and <= 0.1x orthogonal_ on the same GPU.
   Peak memory of the generator within 3x the output tensor's size.
 
-Usage: python benchmarks/eoi_speed.py [--quick] [--no-oracle] [--device cuda]
+Usage: python benchmarks/eoi_speed.py [--quick] [--no-oracle] [--device cuda] [--backend NAME]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from _common import median_time
 from orthosparse import eoi_, eoi_group_
-from orthosparse.eoi.generator import backend, reference_sparse_orthogonal
+from orthosparse.eoi import default_backend, reference_sparse_orthogonal
 
 
 def row(name: str, eoi_s: float, ref_s: float, ref_name: str, target: str) -> dict:
@@ -32,17 +32,19 @@ def row(name: str, eoi_s: float, ref_s: float, ref_name: str, target: str) -> di
             "target": target}
 
 
-def square_vs_orthogonal(n: int, density: float, device, repeats: int, target: str) -> dict:
+def square_vs_orthogonal(n: int, density: float, device, repeats: int, target: str,
+                         backend: str) -> dict:
     g = torch.Generator().manual_seed(0)
     w = torch.empty(n, n, device=device)
-    t_eoi = median_time(lambda: eoi_(w, density, generator=g), repeats, warmup=True,
+    t_eoi = median_time(lambda: eoi_(w, density, generator=g, backend=backend), repeats,
+                        warmup=True,
                         device=device)
     t_orth = median_time(lambda: torch.nn.init.orthogonal_(w), repeats, warmup=True,
                          device=device)
     return row(f"{n}x{n} d={density} [{device.type}]", t_eoi, t_orth, "orthogonal_", target)
 
 
-def peak_memory_cpu(n: int, density: float) -> dict | None:
+def peak_memory_cpu(n: int, density: float, backend: str) -> dict | None:
     """Peak resident memory added by eoi_ on an n x n output, measured in a fresh process."""
     # Linux: writing 5 to clear_refs resets the peak-RSS counter (VmHWM) of the process.
     code = f"""
@@ -53,11 +55,11 @@ def status(key):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
 w = torch.empty({n}, {n}); w.fill_(0.0)
-eoi_(torch.empty(256, 256), 0.5)
+eoi_(torch.empty(256, 256), 0.5, backend={backend!r})
 gc.collect()
 open('/proc/self/clear_refs', 'w').write('5')
 before = status('VmRSS')
-eoi_(w, {density})
+eoi_(w, {density}, backend={backend!r})
 print(status('VmHWM') - before)
 """
     try:
@@ -74,12 +76,12 @@ print(status('VmHWM') - before)
             "target": "<= 3x"}
 
 
-def peak_memory_cuda(n: int, density: float, device) -> dict:
+def peak_memory_cuda(n: int, density: float, device, backend: str) -> dict:
     w = torch.empty(n, n, device=device)
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    eoi_(w, density, generator=torch.Generator().manual_seed(0))
+    eoi_(w, density, generator=torch.Generator().manual_seed(0), backend=backend)
     torch.cuda.synchronize(device)
     extra = torch.cuda.max_memory_allocated(device) - base
     size = w.numel() * w.element_size()
@@ -97,22 +99,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--backend", default="auto",
+                        help="EOI backend (orthosparse.eoi.list_backends(); default auto)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    backend = args.backend
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, "
-          f"EOI backend {backend()}"
+          f"EOI backend {default_backend(device) if backend == 'auto' else backend}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     rows = []
     if device.type == "cpu":
         big = 1024 if args.quick else 2048
-        rows.append(square_vs_orthogonal(big, 0.1, device, args.repeats, "<= 0.25"))
+        rows.append(square_vs_orthogonal(big, 0.1, device, args.repeats, "<= 0.25", backend))
         if not args.quick:
-            rows.append(square_vs_orthogonal(4096, 0.1, device, args.repeats, "<= 0.1"))
+            rows.append(square_vs_orthogonal(4096, 0.1, device, args.repeats, "<= 0.1",
+                                             backend))
         if not args.no_oracle:
             g = torch.Generator().manual_seed(0)
             w = torch.empty(big, big)
-            t_fast = median_time(lambda: eoi_(w, 0.1, generator=g), args.repeats, warmup=True,
-                                 device=device)
+            t_fast = median_time(lambda: eoi_(w, 0.1, generator=g, backend=backend),
+                                 args.repeats, warmup=True, device=device)
             t0 = time.perf_counter()
             reference_sparse_orthogonal(big, big, 0.1, generator=g, dtype=torch.float32)
             t_ref = time.perf_counter() - t0  # one run: the oracle is the slow reference
@@ -120,23 +126,24 @@ def main() -> None:
                             "<= 1/300 = 0.0033"))
         layers = [torch.empty(128, 128) for _ in range(1000)]
         g = torch.Generator().manual_seed(0)
-        t_batch = median_time(lambda: eoi_group_(layers, 0.125, generator=g), args.repeats,
-                              warmup=True, device=device)
+        t_batch = median_time(lambda: eoi_group_(layers, 0.125, generator=g, backend=backend),
+                              args.repeats, warmup=True, device=device)
         print(f"{'1000 x 128x128 d=0.125 [cpu]':<34} eoi {t_batch * 1e3:9.1f} ms   "
               f"target <= 250 ms total")
         rows.append({"case": "1000 x 128x128 d=0.125 cpu", "eoi_s": t_batch,
                      "target": "<= 0.25 s"})
-        rows.append(peak_memory_cpu(2048 if args.quick else 4096, 0.1))
+        rows.append(peak_memory_cpu(2048 if args.quick else 4096, 0.1, backend))
     else:
         n = 4096 if args.quick else 16384
-        rows.append(square_vs_orthogonal(n, 0.1, device, args.repeats, "<= 0.1 and <= 50 ms"))
+        rows.append(square_vs_orthogonal(n, 0.1, device, args.repeats, "<= 0.1 and <= 50 ms",
+                                         backend))
         layers = [torch.empty(128, 128, device=device) for _ in range(1000)]
         g = torch.Generator().manual_seed(0)
-        t_batch = median_time(lambda: eoi_group_(layers, 0.125, generator=g), args.repeats,
-                              warmup=True, device=device)
+        t_batch = median_time(lambda: eoi_group_(layers, 0.125, generator=g, backend=backend),
+                              args.repeats, warmup=True, device=device)
         print(f"{'1000 x 128x128 d=0.125 [cuda]':<34} eoi {t_batch * 1e3:9.1f} ms")
         rows.append({"case": "1000 x 128x128 d=0.125 cuda", "eoi_s": t_batch})
-        rows.append(peak_memory_cuda(n, 0.1, device))
+        rows.append(peak_memory_cuda(n, 0.1, device, backend))
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r for r in rows if r], f, indent=2)

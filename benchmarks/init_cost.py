@@ -25,7 +25,7 @@ the method's restriction, not a failure of the benchmark.
     python benchmarks/init_cost.py            # about 5 minutes on 2 CPU cores
     python benchmarks/init_cost.py --quick    # about 30 seconds
     options: --repeats N (>= 3), --threads N (default 1; 0 = torch's default), --ai-budget S,
-             --sizes ..., --densities ..., --no-models, --plot PATH
+             --sizes ..., --densities ..., --no-models, --plot PATH, --backend NAME (EOI)
 
 One thread by default: every method gets the same single core, and timings stay stable when
 other processes share the machine (two OpenMP threads on two busy cores can be 10x slower).
@@ -46,10 +46,11 @@ import torch
 from torch import nn
 
 from _common import eoi_by_shape, median_time
+from orthosparse._checks import keep_count
 from orthosparse._layers import prunable_layers
 from orthosparse.baselines import approximate_isometry_, sao_, sao_degrees, sao_layers_
 from orthosparse.diagnostics import orthogonality_error
-from orthosparse.eoi.generator import backend
+from orthosparse.eoi import default_backend
 from orthosparse.init import eoi_, orthogonal_
 
 AI_ITERATIONS = 1000
@@ -62,10 +63,11 @@ def progress(message: str) -> None:
 
 def uniform_mask(shape: tuple[int, ...], density: float, generator: torch.Generator
                  ) -> torch.Tensor:
-    """Exactly ``round(density * numel)`` kept positions, uniformly at random."""
+    """Exactly ``keep_count(density, numel)`` kept positions (the masks' rounding, halves up),
+    uniformly at random."""
     numel = math.prod(shape)
     mask = torch.zeros(numel, dtype=torch.bool)
-    mask[torch.randperm(numel, generator=generator)[: round(density * numel)]] = True
+    mask[torch.randperm(numel, generator=generator)[: keep_count(density, numel)]] = True
     return mask.view(shape)
 
 
@@ -90,7 +92,7 @@ def time_ai(run: Callable[[int], object], repeats: int, budget: float
 
 
 def bench_layers(sizes: list[int], densities: list[float], repeats: int, budget: float,
-                 seed: int) -> list[dict]:
+                 seed: int, backend: str = "auto") -> list[dict]:
     rows = []
     for n in sizes:
         w = torch.empty(n, n)
@@ -101,8 +103,9 @@ def bench_layers(sizes: list[int], densities: list[float], repeats: int, budget:
         for d in densities:
             row = {"n": n, "density": d, "orthogonal": t_orth, "err_orthogonal": err_orth}
             masks = []
-            row["eoi"] = median_time(lambda: masks.append(eoi_(w, d, generator=gen)),  # noqa: B023
-                                     repeats)
+            row["eoi"] = median_time(
+                lambda: masks.append(eoi_(w, d, generator=gen, backend=backend)),  # noqa: B023
+                repeats)
             row["err_eoi"] = orthogonality_error(w, masks[-1])
             degree = d * n
             if degree == round(degree) and round(degree) in sao_degrees((n, n)):
@@ -161,14 +164,15 @@ def build_models(quick: bool) -> list[tuple[str, nn.Module, float, str, int]]:
 
 def init_model(method: str, weights: list[torch.Tensor], density: float, activation: str,
                gen: torch.Generator, ai_steps: int = AI_ITERATIONS,
-               ai_masks: list[torch.Tensor] | None = None) -> tuple[list[torch.Tensor], int]:
+               ai_masks: list[torch.Tensor] | None = None, backend: str = "auto"
+               ) -> tuple[list[torch.Tensor], int]:
     """Initialize ``weights`` with ``method``; return (masks, layers SAO left dense)."""
     if method == "orthogonal":
         for w in weights:
             orthogonal_(w, generator=gen)
         return [torch.ones(w.shape, dtype=torch.bool) for w in weights], 0
     if method == "eoi":
-        return eoi_by_shape(weights, density, gen), 0
+        return eoi_by_shape(weights, density, gen, backend), 0
     if method == "sao":
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -180,7 +184,8 @@ def init_model(method: str, weights: list[torch.Tensor], density: float, activat
     return ai_masks, 0
 
 
-def bench_models(quick: bool, repeats: int, budget: float, seed: int) -> list[dict]:
+def bench_models(quick: bool, repeats: int, budget: float, seed: int, backend: str = "auto"
+                 ) -> list[dict]:
     rows = []
     for label, model, density, act in build_models(quick):
         weights = [layer.weight.data for layer in prunable_layers(model)]
@@ -200,7 +205,8 @@ def bench_models(quick: bool, repeats: int, budget: float, seed: int) -> list[di
                 result = []
                 row[method] = median_time(
                     lambda: result.append(  # noqa: B023
-                        init_model(method, weights, density, act, gen)),  # noqa: B023
+                        init_model(method, weights, density, act, gen,  # noqa: B023
+                                   backend=backend)),
                     repeats)
                 masks, dense = result[-1]
             if method == "sao":
@@ -305,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-models", action="store_true", help="skip part 2 (whole models)")
     parser.add_argument("--plot", type=Path, default=Path("init_cost.png"), help="PNG path")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default="auto",
+                        help="EOI backend (orthosparse.eoi.list_backends(); default auto)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for every method (default 1: stable on a shared "
                         "machine; 0 = torch's default)")
@@ -322,16 +330,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
+    backend = default_backend() if args.backend == "auto" else args.backend
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, EOI backend "
-          f"{backend()}, median of {args.repeats} runs; * = AI time extrapolated from a few steps")
-    eoi_(torch.empty(8, 8), 0.5)  # load the compiled EOI kernel (numba) before any timing
+          f"{backend}, median of {args.repeats} runs; * = AI time extrapolated from a few steps")
+    eoi_(torch.empty(8, 8), 0.5, backend=args.backend)  # load the compiled kernel before timing
     start = time.perf_counter()
     print("\n== one n x n layer ==")
-    layer_rows = bench_layers(sizes, densities, args.repeats, budget, args.seed)
+    layer_rows = bench_layers(sizes, densities, args.repeats, budget, args.seed, args.backend)
     report_layers(layer_rows)
     if not args.no_models:
         print("\n== whole models (every Linear/Conv weight at the density shown) ==")
-        report_models(bench_models(args.quick, args.repeats, 5 * budget, args.seed))
+        report_models(bench_models(args.quick, args.repeats, 5 * budget, args.seed,
+                                   args.backend))
     plot(layer_rows, args.plot)
     print(f"\nplot: {args.plot}; total {time.perf_counter() - start:.0f} s")
 
