@@ -15,14 +15,18 @@ from torch import nn
 
 from orthosparse._layers import PrunableLayer, prunable_layers
 from orthosparse.masks import (
+    MASK_METHODS,
     apportion,
+    compute_densities,
     compute_masks,
     density,
+    density_map_counts,
     erk_densities,
     keep_count,
     layer_densities,
     list_mask_methods,
     random_masks,
+    register_mask_method,
 )
 
 RANDOM_METHODS = ["uniform", "er", "erk", "uniform-skip"]
@@ -218,8 +222,15 @@ def test_random_masks_errors():
     layers = prunable_layers(nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(ValueError, match="got 2 counts for 1 layers"):
         random_masks(layers, [1, 1])
-    with pytest.raises(ValueError, match=r"count 5 for layer '0.weight' must be in \[0, 4\]"):
+    with pytest.raises(ValueError, match=r"count 5 for layer '0.weight' must be an int in "
+                                         r"\[0, 4\]"):
         random_masks(layers, [5])
+    with pytest.raises(ValueError, match=r"count -1 for layer '0.weight' must be an int"):
+        random_masks(layers, [-1])
+    with pytest.raises(ValueError, match=r"count 1.5 for layer '0.weight' must be an int"):
+        random_masks(layers, [1.5])
+    with pytest.raises(ValueError, match=r"count True for layer '0.weight' must be an int"):
+        random_masks(layers, [True])
 
 
 def test_apportion_largest_remainder():
@@ -397,6 +408,87 @@ def test_density_map_warns_when_overall_density_disagrees():
                                          r"density 0.5; the map is used"):
         masks = compute_masks({"*": 0.5}, net, 0.1, generator=gen())
     assert counts_of(masks) == [100, 200, 50]
+
+
+# ----------------------------------------------------------------------------- densities alone
+DENSITY_CASES = [("dense", 1.0, {}), ("uniform", 0.3, {}), ("er", 0.3, {}), ("erk", 0.3, {}),
+                 ("erk", 0.3, {"erk_power_scale": 0.5, "dense_layers": ["0.weight"]}),
+                 ("uniform-skip", 0.6, {}), ({"0.weight": 0.5, "*": 0.2}, None, {})]
+
+
+@pytest.mark.parametrize(("method", "d", "options"), DENSITY_CASES)
+def test_densities_equal_those_of_the_masks_and_draw_nothing(method, d, options):
+    # the oracle: the kept fractions of the masks compute_masks draws
+    net = conv_net()
+    expected = layer_densities(compute_masks(method, net, d, generator=gen(4), **options))
+    torch.manual_seed(9)
+    state = torch.get_rng_state().clone()
+    got = compute_densities(method, net, d, **options)
+    assert got == expected                                   # exact: count / numel both sides
+    assert list(got) == list(expected)                       # layer order
+    assert torch.equal(torch.get_rng_state(), state)         # no position was drawn
+
+
+def test_density_map_counts_without_positions():
+    net = three_layer_mlp((10, 20, 20, 5))
+    layers = prunable_layers(net)
+    assert density_map_counts({"1.weight": 0.25, "*": 0.5}, layers) == [100, 100, 50]
+    with pytest.warns(UserWarning, match=r"density=0.1 differs from the per-layer map"):
+        density_map_counts({"*": 0.5}, layers, 0.1)
+
+
+def test_densities_validate_like_masks():
+    net = conv_net()
+    with pytest.raises(ValueError, match=r"density=0.0 must be in \(0, 1\]"):
+        compute_densities("erk", net, 0.0)
+    with pytest.raises(ValueError, match=r"unknown mask method 'magnitude'"):
+        compute_densities("magnitude", net, 0.1)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) 'rounds' for mask method 'erk'"):
+        compute_densities("erk", net, 0.1, rounds=3)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        compute_densities("erk", "net", 0.1)
+
+
+def test_densities_warn_on_layer_collapse():
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 50))
+    with pytest.warns(UserWarning, match=r"1 layer keeps 0 weights: '0.weight' \(of 4\)"):
+        assert compute_densities("uniform", net, 0.1) == {"0.weight": 0.0, "1.weight": 0.1}
+
+
+# ----------------------------------------------------------------------------- registering
+@pytest.fixture
+def scratch_method():
+    names = []
+    yield names
+    for name in names:
+        MASK_METHODS._items.pop(name, None)
+
+
+def test_register_a_random_method(scratch_method):
+    scratch_method.append("test-half")
+
+    @register_mask_method("test-half")
+    def half(layers, density, *, plus: int = 0):
+        return [layer.weight.numel() // 2 + plus for layer in layers]
+
+    net = three_layer_mlp((4, 4, 4, 4))
+    assert "test-half" in list_mask_methods()
+    assert counts_of(compute_masks("test-half", net, 0.5, generator=gen(), plus=1)) == [9, 9, 9]
+    assert compute_densities("test-half", net, 0.5) == {f"{i}.weight": 0.5 for i in range(3)}
+    with pytest.raises(TypeError, match=r"unknown option\(s\) 'minus' for mask method "
+                                        r"'test-half'; its options are: plus"):
+        compute_masks("test-half", net, 0.5, minus=1)
+    with pytest.raises(ValueError, match=r"count 17 for layer '0.weight' must be an int in "
+                                         r"\[0, 16\]"):
+        compute_densities("test-half", net, 0.5, plus=9)
+    with pytest.raises(ValueError, match=r"mask method 'test-half' is already registered"):
+        register_mask_method("test-half", half)
+
+
+def test_register_rejects_non_callables():
+    with pytest.raises(TypeError, match="mask method 'x' must be callable, got int"):
+        register_mask_method("x", 3)
+    assert "x" not in list_mask_methods()
 
 
 # ----------------------------------------------------------------------------- layer_densities

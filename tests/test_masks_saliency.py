@@ -11,7 +11,15 @@ import torch
 from torch import nn
 
 from orthosparse._layers import prunable_layers
-from orthosparse.masks import compute_masks, grasp_scores, keep_top, snip_scores, synflow_scores
+from orthosparse.masks import (
+    compute_densities,
+    compute_masks,
+    grasp_scores,
+    keep_top,
+    layer_densities,
+    snip_scores,
+    synflow_scores,
+)
 
 # Toy network Linear(3, 4) - tanh - Linear(4, 2) with fixed, distinct weights.
 W1 = np.array([[0.5, -0.3, 0.8], [-0.6, 0.1, 0.4], [0.2, 0.9, -0.7], [-0.35, -0.45, 0.15]])
@@ -404,3 +412,13 @@ def test_density_one_keeps_everything():
     for method in ("snip", "grasp", "synflow"):
         masks = compute_masks(method, toy(), 1.0, data=[batch()])
         assert all(bool(m.all()) for m in masks.values())
+
+
+@pytest.mark.parametrize(("method", "options"), [
+    ("snip", {}), ("grasp", {"temperature": 2.0}), ("synflow", {"rounds": 3, "input_shape": (3,)}),
+])
+def test_densities_are_those_of_the_computed_masks(method, options):
+    # data-driven methods compute their masks either way; the densities are their kept fractions
+    masks = compute_masks(method, toy(), 0.5, data=[batch()], **options)
+    assert compute_densities(method, toy(), 0.5, data=[batch()], **options) == \
+        layer_densities(masks)

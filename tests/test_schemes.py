@@ -10,7 +10,7 @@ from scipy import stats
 from torch import nn
 
 from orthosparse._layers import prunable_layers
-from orthosparse.schemes import get_scheme, init_layers, list_schemes, register_scheme
+from orthosparse.schemes import get_scheme, init_layers, list_inits, register_scheme
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -47,11 +47,11 @@ def assert_orthogonal(w: torch.Tensor, gain: float, atol: float = 1e-5) -> None:
 
 # ----------------------------------------------------------------------------- registry
 def test_registry_lists_all_schemes_and_rejects_unknown():
-    names = list_schemes()
+    names = list_inits()
     for name in ("eoi", "orthogonal", "kaiming", "sparse-kaiming", "none", "ai", "sao"):
         assert name in names
     assert names == sorted(names)
-    with pytest.raises(ValueError, match=r"unknown initialization scheme 'eo'; choose one of: "
+    with pytest.raises(ValueError, match=r"unknown init scheme 'eo'; choose one of: "
                                          r"ai, eoi, kaiming"):
         init_layers("eo", make_mlp(), None)
     assert get_scheme("eoi").own_masks and not get_scheme("kaiming").own_masks
@@ -75,7 +75,7 @@ def test_register_scheme_from_another_module():
         assert torch.equal(w, masks[name].float() * 0.5)  # filled, then masked
         assert torch.equal(out[name], masks[name])
     assert calls[0] == {n: int(m.sum()) / m.numel() for n, m in masks.items()}
-    with pytest.raises(TypeError, match=r"unknown option\(s\) 'valu' for initialization scheme "
+    with pytest.raises(TypeError, match=r"unknown option\(s\) 'valu' for init scheme "
                                         r"'test-constant'; its options are: value"):
         init_layers("test-constant", model, masks, valu=1)
     with pytest.raises(ValueError, match="'test-constant' is already registered"):
@@ -85,7 +85,7 @@ def test_register_scheme_from_another_module():
     def bad(layers, masks, densities, *, gain, generator):
         return {layer.name: torch.ones(2, dtype=torch.bool) for layer in layers}
 
-    with pytest.raises(ValueError, match=r"the masks returned by scheme 'test-bad-shape'"
+    with pytest.raises(ValueError, match=r"the masks returned by init scheme 'test-bad-shape'"
                                          r"\['0.weight'\] has shape \(2,\) but the parameter "
                                          r"'0.weight' has shape \(32, 16\)"):
         init_layers("test-bad-shape", model, masks)
@@ -342,5 +342,5 @@ def test_init_layers_errors():
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         init_layers("kaiming", model, masks, generator=0)
     with pytest.raises(TypeError, match=r"unknown option\(s\) 'center_density' for "
-                                        r"initialization scheme 'kaiming'"):
+                                        r"init scheme 'kaiming'"):
         init_layers("kaiming", model, masks, center_density=0.5)

@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from orthosparse._layers import prunable_layers
+from orthosparse.masks import compute_densities, compute_masks
+from orthosparse.schemes import init_layers, list_inits
 from orthosparse.sparse import density_report, get_masks
-from orthosparse.sparsify import attach_optimizer, list_inits, sparsify
+from orthosparse.sparsify import attach_optimizer, sparsify
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -70,6 +72,35 @@ def test_sparsify_kaiming_keeps_the_mask_method_counts_exactly():
     assert sum(int(m.sum()) for m in masks.values()) == math.floor(0.1 * total + 0.5)
     for row in density_report(model).rows:
         assert row.target == row.kept / row.numel  # init kept the mask method's masks
+
+
+@pytest.mark.filterwarnings("ignore:layer .*SAO cannot build")
+@pytest.mark.parametrize("init", ["eoi", "sao"])
+@pytest.mark.parametrize("mask", ["uniform", "erk"])
+def test_schemes_with_own_masks_get_densities_and_no_positions(mask, init):
+    # The generator goes straight to the scheme: sparsify equals densities (no draw), then the
+    # scheme from the same generator state, as if no mask position existed.
+    a, b = make_mlp(), make_mlp()
+    options = {"fallback": True} if init == "sao" else {}
+    got = sparsify(a, 0.25, mask=mask, init=init, generator=gen(7), **options)
+    densities = compute_densities(mask, b, 0.25)
+    want = init_layers(init, b, None, densities=densities, generator=gen(7), **options)
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in got)
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    assert {row.name: row.target for row in density_report(a).rows} == densities
+
+
+def test_schemes_keeping_masks_get_positions_first():
+    a, b = make_mlp(), make_mlp()
+    got = sparsify(a, 0.25, mask="erk", init="kaiming", generator=gen(7))
+    generator = gen(7)
+    want = init_layers("kaiming", b, compute_masks("erk", b, 0.25, generator=generator),
+                       generator=generator)
+    assert all(torch.equal(got[k], want[k]) for k in got)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
 
 
 def test_sparsify_is_deterministic_and_seed_dependent():
@@ -204,7 +235,7 @@ def test_sparsify_bad_names_and_types():
     with pytest.raises(ValueError, match=r"unknown mask method 'erk2'; choose one of: dense, er, "
                                          r"erk"):
         sparsify(make_mlp(), 0.1, mask="erk2")
-    with pytest.raises(ValueError, match=r"unknown initialization scheme 'eoii'; choose one of: "
+    with pytest.raises(ValueError, match=r"unknown init scheme 'eoii'; choose one of: "
                                          r"ai, eoi"):
         sparsify(make_mlp(), 0.1, init="eoii")
     with pytest.raises(TypeError, match="mask must be a mask method name or a mapping"):
@@ -215,8 +246,16 @@ def test_sparsify_bad_names_and_types():
         sparsify(make_mlp(), 0.1, generator=1)
     model = make_mlp()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="unknown initialization scheme"):
+    with pytest.raises(ValueError, match="unknown init scheme"):
         sparsify(model, 0.1, init="nope")
+    with pytest.raises(ValueError, match=r"gain=-1.0 must be a finite number > 0"):
+        sparsify(model, 0.1, gain=-1)
+    with pytest.raises(ValueError, match=r"bias_std=-0.5 must be a finite number >= 0"):
+        sparsify(model, 0.1, bias_std=-0.5)
+    with pytest.raises(ValueError, match=r"init='none' keeps the model's biases; bias_std=0.1"):
+        sparsify(model, 0.1, init="none", bias_std=0.1)
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        sparsify(model, 0.1, loss_fn="ce")
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
 
 

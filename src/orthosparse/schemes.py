@@ -1,14 +1,17 @@
-"""Initialization schemes for masked layers, by name: ``eoi``, ``orthogonal``, ``kaiming``, ...
+"""Init schemes for masked layers, by name: ``eoi``, ``orthogonal``, ``kaiming``, ...
 
-A scheme fills the prunable weights of a model given the output of a mask method (per-layer masks
-and densities) and returns the masks the layers end up with. ``init_layers`` is the one entry
-point; it validates, runs the scheme without autograd, zeroes the pruned entries, sets the biases
-and checks the result. Two kinds of scheme exist:
+An init scheme (``sparsify(init=...)``, ``--init``; the names: :func:`list_inits`) fills the
+prunable weights of a model given the output of a mask method (per-layer masks and densities) and
+returns the masks the layers end up with. ``init_layers`` is the one entry point; it validates,
+runs the scheme without autograd (:func:`run_scheme`, which ``sparsify`` calls after validating
+at its own boundary), zeroes the pruned entries, sets the biases and checks the result. Two kinds
+of scheme exist:
 
 * ``own_masks=False`` keep the given masks and only choose values (``orthogonal``, ``kaiming``,
   ``sparse-kaiming``, ``none``, ``ai``);
 * ``own_masks=True`` use only the per-layer *densities* and choose the positions themselves
-  (``eoi``: the support of the Givens rotations; ``sao``).
+  (``eoi``: the support of the Givens rotations; ``sao``). ``sparsify`` then asks the mask method
+  for densities only, so no mask position is drawn and thrown away (docs/design.md §3).
 
 Registering a scheme from another module::
 
@@ -21,8 +24,7 @@ Registering a scheme from another module::
         return masks                            # {layer.name: bool mask}
 
 Keyword-only parameters after ``gain`` and ``generator`` are the scheme's options; unknown
-options raise a ``TypeError`` listing them. ``orthosparse.baselines`` is imported before the first
-lookup, so schemes it registers there are found by name.
+options raise a ``TypeError`` listing them.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ from torch import Tensor, nn
 from ._checks import check_density, check_generator
 from ._layers import PrunableLayer, prunable_layers
 from ._registry import Registry
+from .baselines.ai import approximate_isometry_
+from .baselines.sao import sao_layers_
+from .init import eoi_group_, orthogonal_
 
 __all__ = [
     "SCHEMES",
@@ -48,7 +53,7 @@ __all__ = [
     "SchemeName",
     "get_scheme",
     "init_layers",
-    "list_schemes",
+    "list_inits",
     "register_scheme",
 ]
 
@@ -71,7 +76,7 @@ class Scheme:
                 if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _COMMON]
 
 
-SCHEMES: Registry[Scheme] = Registry("initialization scheme")
+SCHEMES: Registry[Scheme] = Registry("init scheme")
 
 
 def register_scheme(name: str, fn: SchemeFn | None = None, *,
@@ -98,33 +103,14 @@ def register_scheme(name: str, fn: SchemeFn | None = None, *,
     return add if fn is None else add(fn)
 
 
-_plugins_loaded = [False]
-
-
-def _load_plugins() -> None:
-    """Import modules that register schemes, then fill in built-in adapters still missing."""
-    if _plugins_loaded[0]:
-        return
-    _plugins_loaded[0] = True
-    try:
-        import orthosparse.baselines  # noqa: F401  (may register "ai", "sao")
-    except ImportError:  # pragma: no cover - the package ships it; tolerate a partial install
-        pass
-    if "ai" not in SCHEMES:
-        register_scheme("ai", _ai)
-    if "sao" not in SCHEMES:
-        register_scheme("sao", _sao, own_masks=True)
-
-
 def get_scheme(name: str) -> Scheme:
-    """Return the registered scheme ``name``; unknown names raise ``ValueError`` listing all."""
-    _load_plugins()
+    """Return the registered init scheme ``name``; unknown names raise ``ValueError`` listing
+    all."""
     return SCHEMES.get(name)
 
 
-def list_schemes() -> list[str]:
-    """Return the registered scheme names, sorted."""
-    _load_plugins()
+def list_inits() -> list[str]:
+    """Return the registered init scheme names (what ``sparsify(init=...)`` takes), sorted."""
     return SCHEMES.names()
 
 
@@ -152,8 +138,6 @@ def _eoi(layers: list[PrunableLayer], masks: Mapping[str, Tensor] | None,
     dtype and device are generated in one batched call (``orthosparse.init.eoi_group_``); convs
     get the sparse delta-orthogonal kernel (``center_density``: see ``orthosparse.init``).
     """
-    from .init import eoi_group_
-
     groups: dict[tuple, list[PrunableLayer]] = {}
     for layer in layers:
         w = layer.weight
@@ -177,8 +161,6 @@ def _orthogonal(layers: list[PrunableLayer], masks: Mapping[str, Tensor],
                 densities: Mapping[str, float], *, gain: float,
                 generator: torch.Generator | None) -> Mapping[str, Tensor]:
     """Dense orthogonal (delta-orthogonal for convs), then masked: the paper's baseline."""
-    from .init import orthogonal_
-
     for layer in layers:
         orthogonal_(layer.weight, gain, generator=generator)
     return masks
@@ -235,25 +217,23 @@ def _none(layers: list[PrunableLayer], masks: Mapping[str, Tensor],
     return masks
 
 
+@register_scheme("ai")
 def _ai(layers: list[PrunableLayer], masks: Mapping[str, Tensor],
         densities: Mapping[str, float], *, gain: float, generator: torch.Generator | None,
         iterations: int = 1000, lr: float = 0.1, start: str = "orthogonal"
         ) -> Mapping[str, Tensor]:
     """Approximate isometry on the given masks (``orthosparse.baselines.ai``)."""
-    from .baselines.ai import approximate_isometry_
-
     approximate_isometry_([layer.weight for layer in layers],
                           [masks[layer.name] for layer in layers], gain=gain,
                           iterations=iterations, lr=lr, start=start, generator=generator)
     return masks
 
 
+@register_scheme("sao", own_masks=True)
 def _sao(layers: list[PrunableLayer], masks: Mapping[str, Tensor] | None,
          densities: Mapping[str, float], *, gain: float, generator: torch.Generator | None,
          activation: str = "tanh", fallback: bool = False) -> dict[str, Tensor]:
     """Sparsity-aware orthogonal init from the densities (``orthosparse.baselines.sao``)."""
-    from .baselines.sao import sao_layers_
-
     got = sao_layers_([layer.weight for layer in layers],
                       [densities[layer.name] for layer in layers], gain=gain,
                       generator=generator, activation=activation, fallback=fallback,
@@ -311,6 +291,22 @@ def _check_mask_map(masks: object, layers: list[PrunableLayer], what: str) -> di
     return out
 
 
+def check_scheme_arguments(entry: Scheme, gain: object, bias_std: object,
+                           options: Mapping[str, Any]) -> tuple[float, float]:
+    """Validate ``gain``, ``bias_std`` and the options of init scheme ``entry``; return the
+    numbers as floats."""
+    gain = _check_real(gain, "gain", positive=True)
+    bias_std = _check_real(bias_std, "bias_std", positive=False)
+    unknown = sorted(set(options) - set(entry.options))
+    if unknown:
+        allowed = ", ".join(entry.options) or "(none)"
+        raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for init scheme "
+                        f"{entry.name!r}; its options are: {allowed}")
+    if entry.name == "none" and bias_std != 0.0:
+        raise ValueError(f"init='none' keeps the model's biases; bias_std={bias_std} must be 0")
+    return gain, bias_std
+
+
 def init_layers(
     scheme: SchemeName | str,
     layers: Sequence[PrunableLayer] | nn.Module,
@@ -332,7 +328,7 @@ def init_layers(
     :func:`orthosparse.sparse.apply_masks` (``sparsify`` does both).
 
     Args:
-        scheme: a name from :func:`list_schemes`.
+        scheme: an init scheme name from :func:`list_inits`.
         layers: the layers (``prunable_layers(model)``) or a model (all its prunable layers).
         masks: ``{layer name: bool mask}`` with one entry per layer; ``None`` means dense for
             schemes that keep masks and requires ``densities`` for ``eoi``/``sao``.
@@ -347,8 +343,8 @@ def init_layers(
         ``{layer name: bool mask}`` in layer order, on each weight's device.
 
     Raises:
-        ValueError: unknown scheme (listing the valid ones), bad gain/bias_std/density, masks or
-            densities that do not match the layers (naming the parameter and both shapes).
+        ValueError: unknown init scheme (listing the valid ones), bad gain/bias_std/density, masks
+            or densities that do not match the layers (naming the parameter and both shapes).
         TypeError: bad argument types or an option the scheme does not take.
 
     Example:
@@ -358,16 +354,8 @@ def init_layers(
     """
     entry = get_scheme(scheme)
     layers = _check_layers(layers)
-    gain = _check_real(gain, "gain", positive=True)
-    bias_std = _check_real(bias_std, "bias_std", positive=False)
+    gain, bias_std = check_scheme_arguments(entry, gain, bias_std, options)
     generator = check_generator(generator)
-    unknown = sorted(set(options) - set(entry.options))
-    if unknown:
-        allowed = ", ".join(entry.options) or "(none)"
-        raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for initialization "
-                        f"scheme {scheme!r}; its options are: {allowed}")
-    if entry.name == "none" and bias_std != 0.0:
-        raise ValueError(f"init='none' keeps the model's biases; bias_std={bias_std} must be 0")
     if not layers:
         return {}
 
@@ -381,21 +369,31 @@ def init_layers(
             raise ValueError(f"densities must have one entry per layer; missing: "
                              f"{[n for n in names if n not in densities] or 'none'}, not a "
                              f"layer: {[n for n in densities if n not in names] or 'none'}")
-        dens = {n: check_density(densities[n], f"densities[{n!r}]") for n in names}
+        densities = {n: check_density(densities[n], f"densities[{n!r}]") for n in names}
     elif given is not None:
-        dens = {n: int(torch.count_nonzero(m)) / m.numel() for n, m in given.items()}
+        densities = {n: int(torch.count_nonzero(m)) / m.numel() for n, m in given.items()}
     elif entry.own_masks:
-        raise ValueError(f"initialization scheme {scheme!r} needs per-layer densities: pass "
-                         f"masks or densities")
+        raise ValueError(f"init scheme {scheme!r} needs per-layer densities: pass masks or "
+                         f"densities")
     else:
-        dens = {layer.name: 1.0 for layer in layers}
+        densities = {layer.name: 1.0 for layer in layers}
     if given is None and not entry.own_masks:
         given = {layer.name: torch.ones(layer.weight.shape, dtype=torch.bool,
                                         device=layer.weight.device) for layer in layers}
+    return run_scheme(entry, layers, given, densities, gain=gain, bias_std=bias_std,
+                      generator=generator, options=options)
 
+
+def run_scheme(entry: Scheme, layers: list[PrunableLayer], masks: Mapping[str, Tensor] | None,
+               densities: Mapping[str, float], *, gain: float, bias_std: float,
+               generator: torch.Generator | None, options: Mapping[str, Any]
+               ) -> dict[str, Tensor]:
+    """:func:`init_layers` on checked arguments (``masks`` may be ``None`` only for a scheme
+    that builds its own); the scheme's output masks are still checked."""
     with torch.no_grad():
-        result = entry.fn(layers, given, dens, gain=gain, generator=generator, **options)
-        final = _check_mask_map(result, layers, f"the masks returned by scheme {scheme!r}")
+        result = entry.fn(layers, masks, densities, gain=gain, generator=generator, **options)
+        final = _check_mask_map(result, layers, f"the masks returned by init scheme "
+                                                f"{entry.name!r}")
         if not entry.own_masks:  # schemes that build their own masks build zeros off them
             for layer in layers:
                 layer.weight.masked_fill_(~final[layer.name], 0)

@@ -1,15 +1,19 @@
 """One call from a dense model to a sparse one: mask method -> densities -> init -> fixed masks.
 
-The pipeline (SPEC §4):
+The pipeline (docs/design.md §3, the sparsify pipeline):
 
-1. ``prunable_layers(model, exclude)``: Linear/Conv weights, minus the excluded ones (which are
+1. Validate once, here: the density, the mask method and init scheme names, the generator, the
+   options (each routed to the step that takes it), gain and bias_std. The steps below take the
+   checked values as they are.
+2. ``prunable_layers(model, exclude)``: Linear/Conv weights, minus the excluded ones (which are
    left exactly as they are: not masked, not re-initialized).
-2. ``orthosparse.masks.compute_masks(mask, ...)``: per-layer masks; their kept fractions are the
-   per-layer densities (the targets shown by ``density_report``). Data-driven methods score the
-   weights the model has when ``sparsify`` is called.
-3. ``orthosparse.schemes.init_layers(init, ...)``: weights and biases; ``eoi`` keeps only the
-   densities and takes its positions from the Givens rotations, the others keep the masks.
-4. ``orthosparse.sparse.apply_masks``: the masks become fixed (zero weights, masked gradients).
+3. The mask method's per-layer densities (``orthosparse.masks``). An init scheme that builds its
+   own masks (``eoi``, ``sao``) takes only these, so a random method (``uniform``, ``erk``, ...)
+   draws no position; any other scheme gets masks with uniformly random positions. Data-driven
+   methods (``snip``, ``grasp``, ``synflow``) score the weights the model has when ``sparsify``
+   is called and their densities are those of their masks.
+4. ``orthosparse.schemes``: weights and biases by the init scheme; the masks it returns.
+5. ``orthosparse.sparse.apply_masks``: the masks become fixed (zero weights, masked gradients).
 
 Example:
     >>> model = nn.Sequential(nn.Linear(784, 100), nn.Tanh(), nn.Linear(100, 10))
@@ -20,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -28,30 +31,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_density, check_generator
+from ._checks import check_generator
 from ._layers import prunable_layers
-from .schemes import SchemeName, get_scheme, init_layers, list_schemes
+from .masks.compute import check_method_density, densities_for, get_mask_method, masks_for
+from .schemes import SchemeName, check_scheme_arguments, get_scheme, list_inits, run_scheme
 from .sparse import _record_targets, apply_masks, attach_optimizer, density_report, get_masks
 from .sparse import remove_masks as _remove_masks
 
 __all__ = ["attach_optimizer", "density_report", "list_inits", "sparsify"]
-
-_MASK_COMMON = ("data", "generator", "loss_fn")
-
-
-def list_inits() -> list[str]:
-    """Return the initialization scheme names ``sparsify(init=...)`` accepts, sorted."""
-    return list_schemes()
-
-
-def _mask_options(mask: str | Mapping[str, float]) -> list[str]:
-    if isinstance(mask, Mapping):
-        return []
-    from .masks import MASK_METHODS
-
-    fn = MASK_METHODS.get(mask)
-    return [p.name for p in inspect.signature(fn).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _MASK_COMMON]
 
 
 def _route(options: dict[str, Any], mask: object, mask_opts: list[str], init: str,
@@ -108,11 +95,14 @@ def sparsify(
             ``mask`` is a per-layer density map).
         mask: mask method (``orthosparse.masks.list_mask_methods()``) or ``{name or glob:
             density}``.
-        init: initialization scheme (:func:`list_inits`).
+        init: init scheme (:func:`~orthosparse.schemes.list_inits`).
         data: batches ``(inputs, targets)`` for ``snip``/``grasp`` (input shape for ``synflow``).
-        gain: weight scale (paper: 1.0; 1000-layer tanh nets: 1.0247).
-        bias_std: biases ~ ``N(0, bias_std^2)`` (paper: 0; 1000-layer tanh nets: 0.00448).
-        generator: CPU generator for every random draw (masks, then weights, then biases).
+        gain: weight scale (paper: 1.0; 1000-layer tanh nets:
+            :data:`orthosparse.paper.DEEP_TANH_GAIN`).
+        bias_std: biases ~ ``N(0, bias_std^2)`` (paper: 0; 1000-layer tanh nets:
+            :data:`orthosparse.paper.DEEP_TANH_BIAS_STD`).
+        generator: CPU generator for every random draw: mask positions (only for init schemes
+            that keep the masks), then weights, then biases.
         exclude: module types or glob patterns of layers left untouched (dense, not
             re-initialized); a pattern matching nothing gives a warning.
         loss_fn: ``loss_fn(outputs, targets)`` for ``snip``/``grasp`` (default cross-entropy).
@@ -133,16 +123,14 @@ def sparsify(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(mask, str):
-        density = check_density(density)
-    elif isinstance(mask, Mapping):
-        density = None if density is None else check_density(density)
-    else:
-        raise TypeError(f"mask must be a mask method name or a mapping of per-layer densities, "
-                        f"got {type(mask).__name__}: {mask!r}")
+    method = get_mask_method(mask, name="mask")  # unknown names fail before any work
+    density = check_method_density(method, density)
     generator = check_generator(generator)
-    scheme = get_scheme(init)  # unknown names fail before any work
-    to_mask, to_init = _route(options, mask, _mask_options(mask), init, scheme.options)
+    scheme = get_scheme(init)
+    to_mask, to_init = _route(options, mask, method.options, init, scheme.options)
+    gain, bias_std = check_scheme_arguments(scheme, gain, bias_std, to_init)
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     exclude = (exclude,) if isinstance(exclude, (str, type)) else tuple(exclude)
     everything = prunable_layers(model)
     layers = prunable_layers(model, exclude)
@@ -156,13 +144,16 @@ def sparsify(
                       f"sparsify replaces them", stacklevel=2)
         _remove_masks(model, bake=False)
 
-    from .masks import compute_masks
-
-    masks = compute_masks(mask, model, density, layers=layers, data=data, generator=generator,
-                          loss_fn=loss_fn, **to_mask)
-    targets = {name: int(torch.count_nonzero(m)) / m.numel() for name, m in masks.items()}
-    final = init_layers(init, layers, masks, densities=targets, gain=gain, bias_std=bias_std,
-                        generator=generator, **to_init)
+    if scheme.own_masks:  # the scheme picks positions: ask for densities only
+        masks = None
+        densities = densities_for(method, model, layers, density, data=data, loss_fn=loss_fn,
+                                  options=to_mask)
+    else:
+        masks = masks_for(method, model, layers, density, data=data, generator=generator,
+                          loss_fn=loss_fn, options=to_mask)
+        densities = {name: int(torch.count_nonzero(m)) / m.numel() for name, m in masks.items()}
+    final = run_scheme(scheme, layers, masks, densities, gain=gain, bias_std=bias_std,
+                       generator=generator, options=to_init)
     apply_masks(model, final)
-    _record_targets(model, targets)
+    _record_targets(model, densities)
     return final

@@ -1,8 +1,11 @@
-"""Density-based masks: each layer gets a density, then that many random positions.
+"""Random masks: each layer gets a count of kept weights, then that many random positions.
 
-Methods ``dense``, ``uniform``, ``er``, ``erk``, ``uniform-skip`` and user-given per-layer maps.
-Counts are exact integers; positions are a uniformly random subset of that size, drawn from the
-caller's generator, with all layers of one size drawn together in a few vectorized calls.
+Methods ``dense``, ``uniform``, ``er``, ``erk``, ``uniform-skip`` and user-given per-layer maps
+decide per-layer counts only (exact integers, ``keep_count`` rounding); they never look at the
+weights or draw a position. :func:`random_masks` draws the positions, a uniformly random subset
+of each layer's count from the caller's generator, with all layers of one size drawn together in
+a few vectorized calls. An init scheme that builds its own masks (EOI) takes the counts alone
+(docs/design.md §3, the sparsify pipeline).
 """
 
 from __future__ import annotations
@@ -14,15 +17,14 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
-from .._checks import check_density
+from .._checks import check_density, keep_count
 from .._layers import PrunableLayer
-from .registry import MASK_METHODS, keep_count, masks_warn, warn_empty
+from .registry import masks_warn, register_mask_method, warn_empty
 
 __all__ = [
     "apportion",
-    "density_map_masks",
+    "density_map_counts",
     "erk_densities",
     "random_masks",
     "resolve_density_map",
@@ -95,32 +97,52 @@ def random_masks(
     chunk of layers), so a 1000-layer network costs no per-weight Python work. Draws happen on
     the CPU from ``generator``; masks are then moved to each weight's device.
 
+    Raises:
+        ValueError: ``counts`` does not pair up with ``layers``, or a count outside
+            ``[0, numel]``.
+
     Example:
         >>> masks = random_masks(prunable_layers(model), [10, 20], torch.Generator().manual_seed(0))
     """
+    layers = list(layers)
+    counts = check_counts(layers, counts)
+    warn_empty([layer.name for layer in layers], counts,
+               [layer.weight.numel() for layer in layers])
+    return draw_positions(layers, counts, generator)
+
+
+def check_counts(layers: Sequence[PrunableLayer], counts: Sequence[int]) -> list[int]:
+    """Return ``counts`` as ints, one per layer, each in ``[0, numel]``; raise otherwise."""
+    counts = list(counts)
     if len(counts) != len(layers):
         raise ValueError(f"got {len(counts)} counts for {len(layers)} layers")
-    weights = [layer.weight for layer in layers]
-    numels = [w.numel() for w in weights]
-    for layer, k, n in zip(layers, counts, numels, strict=True):
-        if not 0 <= k <= n:
-            raise ValueError(f"count {k} for layer {layer.name!r} must be in [0, {n}]")
-    warn_empty([layer.name for layer in layers], counts, numels)
+    for layer, k in zip(layers, counts, strict=True):
+        n = layer.weight.numel()
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k <= n:
+            raise ValueError(f"count {k!r} for layer {layer.name!r} must be an int in [0, {n}]")
+    return [int(k) for k in counts]
+
+
+def draw_positions(layers: Sequence[PrunableLayer], counts: Sequence[int],
+                   generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    """:func:`random_masks` for counts already checked (``0 <= counts[i] <= numel``)."""
     masks, groups = {}, {}
-    for layer, weight, k, n in zip(layers, weights, counts, numels, strict=True):
+    for layer, k in zip(layers, counts, strict=True):
+        weight = layer.weight
+        n = weight.numel()
         if 0 < k < n:
             mask = torch.empty(weight.shape, dtype=torch.bool)          # filled below
-            groups.setdefault(n, ([], []))
-            groups[n][0].append(mask.view(-1))
-            groups[n][1].append(int(k))
+            outs, ks = groups.setdefault(n, ([], []))
+            outs.append(mask.view(-1))
+            ks.append(k)
         else:
             mask = torch.full(weight.shape, k > 0, dtype=torch.bool)
         masks[layer.name] = mask
     for n, (outs, ks) in groups.items():                      # sizes in order of first layer
         _fill_random_subsets(outs, n, ks, generator)
-    for layer, weight in zip(layers, weights, strict=True):
-        if weight.device.type != "cpu":
-            masks[layer.name] = masks[layer.name].to(weight.device)
+    for layer in layers:
+        if layer.weight.device.type != "cpu":
+            masks[layer.name] = masks[layer.name].to(layer.weight.device)
     return masks
 
 
@@ -143,31 +165,27 @@ def apportion(ideal: Sequence[float], numels: Sequence[int], total: int) -> list
 
 
 # ----------------------------------------------------------------------------- dense and uniform
-@MASK_METHODS.register("dense")
-def dense(model: nn.Module, layers: list[PrunableLayer], density: float, *, data=None,
-          generator=None, loss_fn=None) -> dict[str, torch.Tensor]:
+@register_mask_method("dense")
+def dense(layers: list[PrunableLayer], density: float) -> list[int]:
     """Keep every weight (the dense baseline); a ``density`` below 1 gets a warning."""
     if density < 1.0:
         masks_warn(f"mask method 'dense' keeps every weight; density={density} is not used")
-    return {layer.name: torch.ones_like(layer.weight, dtype=torch.bool) for layer in layers}
+    return [layer.weight.numel() for layer in layers]
 
 
-@MASK_METHODS.register("uniform")
-def uniform(model: nn.Module, layers: list[PrunableLayer], density: float, *, data=None,
-            generator=None, loss_fn=None) -> dict[str, torch.Tensor]:
-    """Give every layer the same density: ``round(density * numel)`` random positions each."""
-    counts = [keep_count(density, layer.weight.numel()) for layer in layers]
-    return random_masks(layers, counts, generator)
+@register_mask_method("uniform")
+def uniform(layers: list[PrunableLayer], density: float) -> list[int]:
+    """Give every layer the same density: ``keep_count(density, numel)`` weights each."""
+    return [keep_count(density, layer.weight.numel()) for layer in layers]
 
 
-@MASK_METHODS.register("uniform-skip")
-def uniform_skip(model: nn.Module, layers: list[PrunableLayer], density: float, *, data=None,
-                 generator=None, loss_fn=None) -> dict[str, torch.Tensor]:
+@register_mask_method("uniform-skip")
+def uniform_skip(layers: list[PrunableLayer], density: float) -> list[int]:
     """Keep the first and last prunable layers dense and the others uniform.
 
     The uniform density ``d_mid`` of the middle layers makes the overall density the target:
     ``n_first + n_last + d_mid * N_mid = density * N``; counts are apportioned so that the total
-    is exactly ``round(density * N)``.
+    is exactly ``keep_count(density, N)``.
 
     Raises:
         ValueError: ``density`` does not exceed the dense share ``(n_first + n_last) / N``.
@@ -186,11 +204,19 @@ def uniform_skip(model: nn.Module, layers: list[PrunableLayer], density: float, 
                          f"density={density}")
     d_mid = (density * total - n_dense) / n_mid if n_mid else 1.0
     ideal = [n if i in ends else d_mid * n for i, n in enumerate(numels)]
-    counts = apportion(ideal, numels, keep_count(density, total))
-    return random_masks(layers, counts, generator)
+    return apportion(ideal, numels, keep_count(density, total))
 
 
 # ----------------------------------------------------------------------------- ER / ERK
+def _check_power_scale(power_scale: object) -> float:
+    if isinstance(power_scale, bool) or not isinstance(power_scale, numbers.Real):
+        raise TypeError(f"erk_power_scale must be a real number, got "
+                        f"{type(power_scale).__name__}: {power_scale!r}")
+    if not math.isfinite(power_scale) or power_scale < 0:
+        raise ValueError(f"erk_power_scale={power_scale!r} must be a finite number >= 0")
+    return float(power_scale)
+
+
 def erk_densities(
     shapes: Sequence[Sequence[int]],
     density: float,
@@ -224,28 +250,32 @@ def erk_densities(
         [1.0, 0.12, 1.0]
     """
     density = check_density(density)
-    if isinstance(power_scale, bool) or not isinstance(power_scale, numbers.Real):
-        raise TypeError(f"erk_power_scale must be a real number, got "
-                        f"{type(power_scale).__name__}: {power_scale!r}")
-    if not math.isfinite(power_scale) or power_scale < 0:
-        raise ValueError(f"erk_power_scale={power_scale!r} must be a finite number >= 0")
+    power_scale = _check_power_scale(power_scale)
+    forced = [False] * len(shapes) if dense is None else list(dense)
+    if len(forced) != len(shapes):
+        raise ValueError(f"dense has {len(forced)} entries for {len(shapes)} layers")
+    return _erk_densities(shapes, density, power_scale, include_kernel, forced,
+                          names or [f"layer {i}" for i in range(len(shapes))])
+
+
+def _erk_densities(shapes: Sequence[Sequence[int]], density: float, power_scale: float,
+                   include_kernel: bool, dense: Sequence[bool], names: Sequence[str]
+                   ) -> list[float]:
+    """:func:`erk_densities` for checked arguments (``density`` in (0, 1], one flag per shape)."""
     for shape in shapes:
         if len(shape) < 2 or min(shape) < 1:
             raise ValueError(f"ER/ERK needs weight shapes (c_out, c_in, *kernel) with positive "
                              f"sizes, got {tuple(shape)}")
+    if density == 1.0:
+        return [1.0] * len(shapes)
     dims = [tuple(s) if include_kernel else tuple(s[:2]) for s in shapes]
     numel = np.array([math.prod(s) for s in shapes], dtype=np.float64)           # (L,)
     raw = np.array([sum(d) / math.prod(d) for d in dims], dtype=np.float64)      # (L,)
-    raw = raw ** float(power_scale)
-    forced = np.zeros(len(shapes), dtype=bool) if dense is None else np.array(dense, dtype=bool)
-    if forced.shape != numel.shape:
-        raise ValueError(f"dense has {forced.size} entries for {numel.size} layers")
+    raw = raw ** power_scale
+    forced = np.array(dense, dtype=bool)                                         # (L,)
     total = numel.sum()
-    if density == 1.0:
-        return [1.0] * len(shapes)
     n_forced = numel[forced].sum()
     if forced.all() or density * total <= n_forced:
-        names = names or [f"layer {i}" for i in range(len(shapes))]
         which = ", ".join(repr(names[i]) for i in np.flatnonzero(forced))
         allowed = "[1, 1]" if forced.all() else f"({n_forced / total:.6g}, 1]"
         raise ValueError(f"the dense layers ({which}) hold {int(n_forced)} of {int(total)} "
@@ -287,38 +317,33 @@ def _dense_flags(layers: Sequence[PrunableLayer], patterns: object) -> list[bool
     return flags
 
 
-def _er_masks(layers: list[PrunableLayer], density: float, generator: torch.Generator | None,
-              include_kernel: bool, power_scale: float, dense_layers: object
-              ) -> dict[str, torch.Tensor]:
-    shapes = [tuple(layer.weight.shape) for layer in layers]
-    densities = erk_densities(shapes, density, power_scale=power_scale,
-                              include_kernel=include_kernel,
-                              dense=_dense_flags(layers, dense_layers),
-                              names=[layer.name for layer in layers])
+def _er_counts(layers: list[PrunableLayer], density: float, include_kernel: bool,
+               power_scale: object, dense_layers: object) -> list[int]:
+    densities = _erk_densities([tuple(layer.weight.shape) for layer in layers], density,
+                               _check_power_scale(power_scale), include_kernel,
+                               _dense_flags(layers, dense_layers),
+                               [layer.name for layer in layers])
     numels = [layer.weight.numel() for layer in layers]
     ideal = [d * n for d, n in zip(densities, numels, strict=True)]
-    counts = apportion(ideal, numels, keep_count(density, sum(numels)))
-    return random_masks(layers, counts, generator)
+    return apportion(ideal, numels, keep_count(density, sum(numels)))
 
 
-@MASK_METHODS.register("erk")
-def erk(model: nn.Module, layers: list[PrunableLayer], density: float, *, data=None,
-        generator=None, loss_fn=None, erk_power_scale: float = 1.0,
-        dense_layers: Iterable[str] = ()) -> dict[str, torch.Tensor]:
-    """Erdős–Rényi-Kernel densities (see :func:`erk_densities`), exact total, random positions.
+@register_mask_method("erk")
+def erk(layers: list[PrunableLayer], density: float, *, erk_power_scale: float = 1.0,
+        dense_layers: Iterable[str] = ()) -> list[int]:
+    """Erdős–Rényi-Kernel densities (see :func:`erk_densities`), apportioned to an exact total.
 
     Options: ``erk_power_scale`` (default 1.0); ``dense_layers``: names or glob patterns of
     layers kept dense inside the budget.
     """
-    return _er_masks(layers, density, generator, True, erk_power_scale, dense_layers)
+    return _er_counts(layers, density, True, erk_power_scale, dense_layers)
 
 
-@MASK_METHODS.register("er")
-def er(model: nn.Module, layers: list[PrunableLayer], density: float, *, data=None,
-       generator=None, loss_fn=None, erk_power_scale: float = 1.0,
-       dense_layers: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+@register_mask_method("er")
+def er(layers: list[PrunableLayer], density: float, *, erk_power_scale: float = 1.0,
+       dense_layers: Iterable[str] = ()) -> list[int]:
     """Erdős–Rényi densities from the channel dims only; otherwise as ``erk``."""
-    return _er_masks(layers, density, generator, False, erk_power_scale, dense_layers)
+    return _er_counts(layers, density, False, erk_power_scale, dense_layers)
 
 
 # ----------------------------------------------------------------------------- per-layer maps
@@ -365,16 +390,15 @@ def resolve_density_map(mapping: Mapping[str, float], layers: Sequence[PrunableL
     return resolved
 
 
-def density_map_masks(mapping: Mapping[str, float], layers: Sequence[PrunableLayer],
-                      density: float | None = None, *,
-                      generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Masks from a user-given per-layer density map, ``round(d_l * numel)`` positions each.
+def density_map_counts(mapping: Mapping[str, float], layers: Sequence[PrunableLayer],
+                       density: float | None = None) -> list[int]:
+    """Kept counts from a user-given per-layer density map, ``keep_count(d_l, numel)`` each.
 
     A given overall ``density`` that the map's counts miss by more than rounding (half a weight
     per layer) gets a warning: the map wins.
 
     Example:
-        >>> density_map_masks({"fc1.weight": 0.5, "*": 0.1}, prunable_layers(model))
+        >>> density_map_counts({"fc1.weight": 0.5, "*": 0.1}, prunable_layers(model))
     """
     layers = list(layers)
     resolved = resolve_density_map(mapping, layers)
@@ -383,4 +407,4 @@ def density_map_masks(mapping: Mapping[str, float], layers: Sequence[PrunableLay
     if density is not None and abs(sum(counts) - density * sum(numels)) > 0.5 * len(layers) + 1e-9:
         masks_warn(f"density={density} differs from the per-layer map's overall density "
                    f"{sum(counts) / sum(numels):.6g}; the map is used")
-    return random_masks(layers, counts, generator)
+    return counts

@@ -4,7 +4,7 @@ All three read the model through ``torch.func.functional_call`` with substitute 
 the model's parameters are never written; train/eval flags and buffers (batch-norm statistics)
 are restored afterwards, and ``.grad`` fields are left alone (``torch.autograd.grad``).
 
-Global selection keeps exactly ``k = round(density * N)`` weights over all layers. Ties at the
+Global selection keeps exactly ``k = keep_count(density, N)`` weights over all layers. Ties at the
 threshold score are broken by position: layers in ``layers`` order, row-major inside a layer, the
 earliest position kept first.
 """
@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .._checks import check_positive_int
+from .._checks import check_positive_int, keep_count
 from .._layers import PrunableLayer
-from .registry import MASK_METHODS, keep_count, warn_empty
+from .registry import register_mask_method
 
 __all__ = [
     "grasp_scores",
@@ -124,8 +124,8 @@ def keep_top(scores: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
         threshold = torch.kthvalue(flat, n - k + 1).values                     # k-th largest
         above = flat > threshold
         tied = flat == threshold
-        need = k - int(above.sum())                           # tied entries still to keep
-        keep = above | (tied & (tied.cumsum(0) <= need))
+        ties_kept = k - int(above.sum())                      # tied entries still to keep
+        keep = above | (tied & (tied.cumsum(0) <= ties_kept))
     parts = keep.split([s.numel() for s in scores])
     return [part.reshape(s.shape).to(s.device, copy=True)
             for part, s in zip(parts, scores, strict=True)]
@@ -133,14 +133,11 @@ def keep_top(scores: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
 
 def _masks_from_scores(layers: Sequence[PrunableLayer], scores: Sequence[torch.Tensor], k: int
                        ) -> dict[str, torch.Tensor]:
-    kept = keep_top(scores, k)
-    return _finish(layers, kept)
+    return _finish(layers, keep_top(scores, k))
 
 
 def _finish(layers: Sequence[PrunableLayer], kept: Sequence[torch.Tensor]
             ) -> dict[str, torch.Tensor]:
-    warn_empty([layer.name for layer in layers], [int(m.sum()) for m in kept],
-               [m.numel() for m in kept])
     return {layer.name: mask.to(layer.weight.device)
             for layer, mask in zip(layers, kept, strict=True)}
 
@@ -175,11 +172,10 @@ def snip_scores(model: nn.Module, layers: Sequence[PrunableLayer], data: Iterabl
             for layer, g, w in zip(layers, total, weights.values(), strict=True)}
 
 
-@MASK_METHODS.register("snip")
+@register_mask_method("snip", data_driven=True)
 def snip(model: nn.Module, layers: list[PrunableLayer], density: float, *, data=None,
-         generator=None, loss_fn: LossFn | None = None, batches: int = 1
-         ) -> dict[str, torch.Tensor]:
-    """Keep the ``round(density * N)`` weights with the highest SNIP scores over all layers.
+         loss_fn: LossFn | None = None, batches: int = 1) -> dict[str, torch.Tensor]:
+    """Keep the ``keep_count(density, N)`` weights with the highest SNIP scores over all layers.
 
     Option ``batches``: how many batches of ``data`` to average the gradient over (default 1).
     """
@@ -233,11 +229,11 @@ def grasp_scores(model: nn.Module, layers: Sequence[PrunableLayer], data: Iterab
             for layer, w, h in zip(layers, weights.values(), hg, strict=True)}
 
 
-@MASK_METHODS.register("grasp")
+@register_mask_method("grasp", data_driven=True)
 def grasp(model: nn.Module, layers: list[PrunableLayer], density: float, *, data=None,
-          generator=None, loss_fn: LossFn | None = None, batches: int = 1,
+          loss_fn: LossFn | None = None, batches: int = 1,
           temperature: float = 1.0) -> dict[str, torch.Tensor]:
-    """Keep the ``round(density * N)`` weights with the *lowest* GraSP scores over all layers.
+    """Keep the ``keep_count(density, N)`` weights with the *lowest* GraSP scores over all layers.
 
     Options: ``batches`` (default 1), ``temperature`` dividing the logits (default 1.0).
     """
@@ -334,14 +330,14 @@ def synflow_scores(model: nn.Module, layers: Sequence[PrunableLayer], *,
     return {layer.name: s for layer, s in zip(layers, scores, strict=True)}
 
 
-@MASK_METHODS.register("synflow")
+@register_mask_method("synflow", data_driven=True)
 def synflow(model: nn.Module, layers: list[PrunableLayer], density: float, *, data=None,
-            generator=None, loss_fn=None, rounds: int = 100,
+            loss_fn=None, rounds: int = 100,
             input_shape: Sequence[int] | int | None = None, double_precision: bool = True
             ) -> dict[str, torch.Tensor]:
     """Prune iteratively by SynFlow scores with an exponential schedule.
 
-    After round ``r`` of ``rounds`` the kept count is ``round(density ** (r / rounds) * N)``
+    After round ``r`` of ``rounds`` the kept count is ``keep_count(density ** (r / rounds), N)``
     (global top-k among the still-kept weights; pruned weights score ``-inf``). Options:
     ``rounds`` (default 100), ``input_shape`` (one example; else read from ``data``),
     ``double_precision`` (default True: float64 scores, which avoid overflow in deep networks).
