@@ -334,3 +334,56 @@ def test_index_is_rewritten_as_each_run_ends(tmp_path, monkeypatch):
     # at the start, after the first run, after the second, at the end
     assert snapshots == [["pending", "pending"], ["finished", "pending"],
                          ["finished", "finished"], ["finished", "finished"]]
+
+
+def _final_numbers(result):
+    """Everything a run produced except wall-clock times."""
+    final = {k: v for k, v in result.final.items() if k not in ("wall_time", "message")}
+    history = [{k: v for k, v in r.items() if k != "time"} for r in result.history]
+    return final, history
+
+
+@pytest.mark.slow
+def test_a_sweep_started_run_resumed_by_hand_ends_where_the_sweep_would(tmp_path):
+    """The thread count changes results bitwise and is not hashed: a run started by a sweep
+    worker (``train --resume RUN_DIR`` with ``OMP_NUM_THREADS = cpu_count // jobs``) and resumed
+    by hand with another count, implicit or explicit, trains on with the recorded one."""
+    import dataclasses
+
+    import torch
+
+    from orthosparse.lab.config import config_to_dict, resolve_config
+    from orthosparse.lab.runs import RUNTIME, load_run, write_json
+
+    cfg = resolve_config("digits", overrides={
+        "epochs": 2, "out": str(tmp_path), "progress": "none", "tensorboard": False})
+    sweep_threads, hand_threads = 1, 2  # a 2-job sweep on 2 cores; a shell's torch default
+
+    def sweep_worker(run_dir, *extra):  # what sweep._Runner.launch starts
+        run_dir.mkdir(parents=True)
+        write_json(run_dir / "config.json", config_to_dict(cfg))
+        env = {**os.environ, "OMP_NUM_THREADS": str(sweep_threads),
+               "MKL_NUM_THREADS": str(sweep_threads)}
+        subprocess.run([sys.executable, "-m", "orthosparse", "train", "--resume", str(run_dir),
+                        *extra], env=env, check=True, capture_output=True, timeout=300)
+
+    whole = tmp_path / "whole"
+    sweep_worker(whole)
+    expected = _final_numbers(load_run(whole))
+    assert json.loads((whole / RUNTIME).read_text()) == {"threads": sweep_threads}
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(hand_threads)
+    try:
+        for name, threads in (("implicit", None), ("explicit", hand_threads)):
+            part = tmp_path / name
+            sweep_worker(part, "--stop-after", "15")  # killed in the second epoch
+            assert run_state(part) == "partial"
+            by_hand = dataclasses.replace(cfg, threads=threads)
+            result = train(by_hand, resume=True, run_dir=part)
+            assert result.status == "finished" and torch.get_num_threads() == hand_threads
+            assert _final_numbers(result) == expected, name
+            log = (part / "train.log").read_text()
+            assert f"threads: {sweep_threads}, as recorded when this run started" in log
+    finally:
+        torch.set_num_threads(old)

@@ -7,6 +7,8 @@ A run lives in ``<out>/<name>-<config hash>/``:
   ``jacobian`` summary when recorded);
 - ``final.json``: status (finished / diverged), final and best metrics;
 - ``checkpoint.pt`` (:data:`CHECKPOINT`): everything needed to continue;
+- ``runtime.json`` (:data:`RUNTIME`): the CPU thread count the run started with (it changes
+  results bitwise, so a resume restores it: :func:`run_threads`);
 - ``failed.json`` (:data:`FAILED`): written by a sweep when the run's process failed;
 - ``train.log``, and ``tb/`` when TensorBoard is installed.
 
@@ -61,6 +63,8 @@ __all__ = [
     "load_run",
     "prepare_run_dir",
     "run_state",
+    "run_threads",
+    "RUNTIME",
     "format_record",
     "format_jacobian",
     "format_pct",
@@ -74,6 +78,7 @@ HAS_RESULT: frozenset[str] = frozenset({"finished", "diverged"})
 
 CHECKPOINT = "checkpoint.pt"
 FAILED = "failed.json"
+RUNTIME = "runtime.json"
 METRIC_KEYS: tuple[str, ...] = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc",
                                 "test_loss", "test_acc", "lr", "time")
 JACOBIAN_KEYS: tuple[str, ...] = ("mean", "std", "min", "max", "condition_number")
@@ -300,7 +305,7 @@ def prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, force: boo
                              f"overwrite it")
     if force and run_dir.exists():
         for name in ("final.json", CHECKPOINT, "metrics.jsonl", "metrics.csv", "train.log",
-                     "config.json"):
+                     "config.json", RUNTIME):
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "tb", ignore_errors=True)
         return "fresh"
@@ -316,6 +321,46 @@ def prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, force: boo
         raise CheckpointError(f"run directory {str(run_dir)!r} has metrics but no {CHECKPOINT} "
                               f"to resume from; pass --force to start over")
     return "fresh"
+
+
+def run_threads(run_dir: Path, requested: int | None, start: RunStart) -> tuple[int, str | None]:
+    """Return the CPU thread count the run in ``run_dir`` trains with, and a note for its log.
+
+    The thread count splits CPU reductions differently, so it changes results bitwise
+    (``threads`` 1 vs 2 on the same config differ in the 9th digit of the loss); it is not part
+    of the config hash (a property of the machine, not of the experiment) but of the run folder:
+
+    - a ``fresh`` start uses ``requested``, or torch's current count when ``None`` (which
+      follows ``OMP_NUM_THREADS``, as set by a sweep for its workers), and records it in
+      ``runtime.json``;
+    - a ``resume`` uses the recorded count whatever ``requested`` says, so a run started by a
+      sweep and resumed by hand ends bitwise where the uninterrupted run would; the note says
+      so when the request differs. A folder without a record (written before there was one) is
+      treated like a fresh start.
+
+    Example:
+        >>> threads, note = run_threads(run_dir, config.threads, "resume")
+    """
+    import torch
+
+    path = run_dir / RUNTIME
+    recorded = None
+    if start == "resume" and path.is_file():
+        try:
+            recorded = json.loads(path.read_text("utf-8")).get("threads")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            recorded = None
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1:
+        note = None
+        if recorded != (requested if requested is not None else torch.get_num_threads()):
+            asked = f"threads={requested}" if requested is not None else (
+                f"torch's default, {torch.get_num_threads()}")
+            note = (f"threads: {recorded}, as recorded when this run started ({asked} asked "
+                    f"for); the thread count changes results bitwise")
+        return recorded, note
+    threads = requested if requested is not None else torch.get_num_threads()
+    write_json(path, {"threads": threads})
+    return threads, None
 
 
 # --------------------------------------------------------------------------- formatting
