@@ -170,7 +170,9 @@ class TrainConfig:
     seed: int = _f(0, "random seed (data split, mask, weights, batch order)", "run")
     device: str = _f("auto", "device: auto (cuda if available), cpu, cuda, cuda:1, ...", "run")
     threads: int | None = _f(None, "CPU threads torch may use (none: torch's default); 1 is "
-                             "fastest for small models and for runs side by side", "run")
+                             "fastest for small models and for runs side by side; not hashed, "
+                             "but it changes results bitwise, so a resume keeps the count the "
+                             "run started with", "run")
     deterministic: bool = _f(False, "use deterministic algorithms only (slower on GPU)", "run")
     jacobian: Jacobian = _f("off", "record input-output Jacobian singular values: off, at init, "
                             "or at init and after every epoch", "run")
