@@ -153,6 +153,47 @@ def test_eoi_deep_linear_mlp_has_all_singular_values_gain_to_the_depth(cli, caps
     assert data["results"]["eoi"]["jacobian"]["condition_number"] == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.parametrize(("mask", "init"), [("snip", "kaiming"), ("erk", "eoi")])
+def test_inspect_and_train_build_bit_identical_models_and_masks(tmp_path, monkeypatch, mask,
+                                                                 init):
+    # Both must build through experiment.build_experiment from the same RNG state: a hand copy
+    # of the set-up in either (nothing captured) or a drifted stream (different tensors) fails.
+    # SNIP reads the mask-data stream and scores the default init (global RNG); EOI draws from
+    # the sparsify stream.
+    import orthosparse.lab.experiment as experiment
+    import orthosparse.lab.train as train_module
+
+    built = {}
+    real = experiment.build_experiment
+
+    def spy(caller):
+        def build(config, device, **kwargs):
+            exp = real(config, device, **kwargs)
+            built[caller] = ({k: v.clone() for k, v in exp.model.state_dict().items()},
+                             {k: m.clone() for k, m in exp.masks.items()})
+            return exp
+        return build
+
+    monkeypatch.setattr(train_module, "build_experiment", spy("train"))
+    monkeypatch.setattr(experiment, "build_experiment", spy("inspect"))
+    cfg = resolve_config(overrides={
+        "dataset": "digits", "depth": 3, "width": 16, "activation": "tanh", "density": 0.3,
+        "mask": mask, "init": init, "seed": 5, "device": "cpu", "batch_size": 256,
+        "jacobian": "off", "progress": "none", "tensorboard": False,
+        "out": str(tmp_path / "runs")})
+    assert train_module.train(cfg, stop_after=1).status == "stopped"
+    inspect(cfg, examples=2)
+    assert set(built) == {"train", "inspect"}
+    (train_state, train_masks), (inspect_state, inspect_masks) = built["train"], built["inspect"]
+    assert list(train_state) == list(inspect_state)
+    for key in train_state:
+        assert torch.equal(train_state[key], inspect_state[key]), key
+    assert list(train_masks) == list(inspect_masks) and len(train_masks) == 3
+    for key in train_masks:
+        assert torch.equal(train_masks[key], inspect_masks[key]), key
+        assert 0 < train_masks[key].sum() < train_masks[key].numel(), key
+
+
 def test_python_function_matches_the_jacobian_training_records_at_init(tmp_path):
     from orthosparse.lab.train import train
 

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 import orthosparse.lab.train as train_module
 from orthosparse.lab.checkpoint import CheckpointError, load_checkpoint
 from orthosparse.lab.config import TrainConfig, config_from_dict
-from orthosparse.lab.train import RunExistsError, build_model, lr_factor, train
+from orthosparse.lab.experiment import build_model
+from orthosparse.lab.train import RunExistsError, lr_factor, train
 
 # 96 train examples (86 after the 10% validation hold-out), batch 16: 6 steps per epoch.
 TINY = dict(

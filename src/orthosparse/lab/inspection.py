@@ -1,11 +1,13 @@
-"""``orthosparse inspect``: signal propagation of a configured network at initialization.
+"""Signal propagation of a configured network at initialization.
 
-For each requested initialization the network is built exactly as ``orthosparse train`` builds
-it (same config layers, data, seeds, mask method and :func:`~orthosparse.sparsify.sparsify`
-call), then measured with :func:`~orthosparse.diagnostics.inspect_model`: per-layer density,
-orthogonality error, activation and gradient norm, and the summary of the input-output
-Jacobian's singular values on the first ``examples`` test images (the batch training uses for its
-``--jacobian`` records). Several inits give one comparison table and one overlaid picture.
+For each requested initialization the network is built by
+:func:`~orthosparse.lab.experiment.build_experiment`, the builder ``train`` uses (same config
+layers, data, seeds, mask method and :func:`~orthosparse.sparsify.sparsify` call), then measured
+with :func:`~orthosparse.diagnostics.inspect_model`: per-layer density, orthogonality error,
+activation and gradient norm, and the summary of the input-output Jacobian's singular values on
+the first ``examples`` test images (the batch training uses for its ``--jacobian`` records).
+Several inits give one comparison table and one overlaid picture. ``orthosparse inspect`` calls
+:func:`inspect`.
 
 With ``densities`` (``--densities 0.05 0.1 0.5 1``) every init is measured at every density (same
 seed and data batch in every cell) and the Jacobian summary is reported versus density: one table
@@ -54,14 +56,7 @@ from .cli import (
     add_source_arguments,
     config_from_args,
 )
-from .config import (
-    TrainConfig,
-    check_names,
-    config_to_dict,
-    options_dict,
-    resolve_config,
-    sparsify_options_for,
-)
+from .config import TrainConfig, check_names, config_to_dict, resolve_config
 
 __all__ = ["inspect", "OUTPUT_FILES"]
 
@@ -132,52 +127,29 @@ def _check_densities(densities: object) -> list[float]:
 def _load_batch(config: TrainConfig, examples: int, device: torch.device
                 ) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """Load the data and take the first ``examples`` test examples, as training does."""
-    from ..data import load_dataset
+    from .experiment import first_examples, load_splits
 
-    splits = load_dataset(config.dataset, root=config.data_root,
-                          val_fraction=config.val_fraction, seed=config.seed,
-                          **options_dict(config.data_options, "data_options"))
-    test = splits.test if len(splits.test) else splits.train
-    n = min(examples, len(test))
-    if n < examples:
-        warnings.warn(f"examples={examples} but the {'test' if len(splits.test) else 'train'} "
-                      f"split of {config.dataset!r} has {len(test)} examples; using {n}",
-                      stacklevel=3)
-    inputs = torch.stack([test[i][0] for i in range(n)]).to(device)  # (n, *input_shape)
-    targets = torch.as_tensor([int(test[i][1]) for i in range(n)],
-                              dtype=torch.int64).to(device)  # (n,)
+    splits = load_splits(config)
+    inputs, targets = first_examples(splits, examples, device)
+    if inputs.shape[0] < examples:
+        split = "test" if len(splits.test) else "train"
+        warnings.warn(f"examples={examples} but the {split} split of {config.dataset!r} has "
+                      f"{inputs.shape[0]} examples; using {inputs.shape[0]}", stacklevel=3)
     return splits, inputs, targets
-
-
-def _build(config: TrainConfig, splits: Any, device: torch.device) -> torch.nn.Module:
-    """Model + masks + init exactly as ``train``'s setup makes them (same seeds and order)."""
-    from ..data import make_loader
-    from ..sparsify import sparsify
-    from .runtime import seed_for
-    from .train import build_model
-
-    model = build_model(config, splits.input_shape, splits.num_classes).to(device)
-    # Saliency masks (snip, grasp) read batches from their own seeded stream, as in training.
-    mask_loader = make_loader(splits.train, config.batch_size, shuffle=True, device=device,
-                              generator=torch.Generator().manual_seed(
-                                  seed_for(config.seed, "mask-data")))
-    sparsify(model, config.density, mask=config.mask, init=config.init, data=mask_loader,
-             gain=config.gain, bias_std=config.bias_std, exclude=tuple(config.exclude),
-             generator=torch.Generator().manual_seed(seed_for(config.seed, "sparsify")),
-             **sparsify_options_for(config))
-    return model
 
 
 def _measure(cfg: TrainConfig, splits: Any, inputs: torch.Tensor, targets: torch.Tensor,
              after_data: Any, device: torch.device) -> tuple[Any, torch.Tensor]:
-    """Build ``cfg``'s network from the post-data RNG state; return (report, singular values)."""
+    """Build ``cfg``'s network as ``train`` does, from the global RNG state training has after
+    loading the data; return (report, singular values)."""
     from ..diagnostics import inspect_model, jacobian_singular_values
     from .checkpoint import set_rng_state
+    from .experiment import build_experiment
     from .runtime import run_scope
 
     with run_scope(cfg.seed, cfg.deterministic, cfg.threads):
         set_rng_state(after_data)
-        model = _build(cfg, splits, device)
+        model = build_experiment(cfg, device, splits=splits).model
         report = inspect_model(model, inputs, gain=cfg.gain, targets=targets, max_examples=None)
         sv = jacobian_singular_values(model, inputs).cpu()  # (n, min(out, in))
     return report, sv
@@ -325,7 +297,8 @@ def inspect(config: TrainConfig, inits: Sequence[str] | str | None = None, *,
     """Measure the signal propagation of the configured network at init, for one or more inits.
 
     For each init (``dataclasses.replace(config, init=name)``) the model, masks and weights are
-    built as :func:`orthosparse.lab.train.train` builds them, and
+    built by :func:`orthosparse.lab.experiment.build_experiment`, as
+    :func:`orthosparse.lab.train.train` builds them, and
     :func:`orthosparse.diagnostics.inspect_model` measures per-layer density, orthogonality error
     ``||W W^T - gain^2 I||_F / sqrt(r)``, activation and gradient norms (cross-entropy on the
     test labels) and the pooled singular values ``sigma(d logits(x_b) / d x_b)`` of the

@@ -1,12 +1,13 @@
 """Train one configured experiment: data -> model -> sparsify -> optimize -> logs and checkpoints.
 
 ``train(config)`` runs the whole experiment in ``<out>/<name>-<config hash>/`` (the files are
-described in :mod:`orthosparse.lab.runs`). A finished run is found and returned without training
-again (unless ``force=True``); a killed run continues with ``resume=True`` to the same result as
-an uninterrupted one (bitwise on CPU): the model, optimizer, schedule, grad scaler, global RNGs
-and the data-loader generator's state at the start of the interrupted epoch are restored, and
-the batches already done in that epoch are replayed without training (their augmentation draws
-included).
+described in :mod:`orthosparse.lab.runs`); data, model, masks and loaders come from
+:func:`~orthosparse.lab.experiment.build_experiment`, which ``inspect`` calls too. A finished
+run is found and returned without training again (unless ``force=True``); a killed run
+continues with ``resume=True`` to the same result as an uninterrupted one (bitwise on CPU): the
+model, optimizer, schedule, grad scaler, global RNGs and the data-loader generator's state at
+the start of the interrupted epoch are restored, and the batches already done in that epoch are
+replayed without training (their augmentation draws included).
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) the same call trains one model with
 DistributedDataParallel over all processes, with the result of a single process using the same
@@ -41,14 +42,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import (
-    TrainConfig,
-    check_names,
-    config_hash,
-    config_to_dict,
-    options_dict,
-    sparsify_options_for,
-)
+from .config import TrainConfig, check_names, config_hash, config_to_dict
 from .distributed import (
     DistContext,
     all_reduce_sum,
@@ -58,6 +52,7 @@ from .distributed import (
     shutdown_distributed,
     wrap_model,
 )
+from .experiment import build_experiment, first_examples
 from .runs import (
     CHECKPOINT,
     METRIC_KEYS,
@@ -72,11 +67,10 @@ from .runs import (
     json_safe,
     load_run,
     prepare_run_dir,
-    run_threads,
     write_json,
     write_metrics,
 )
-from .runtime import resolve_device, resolve_precision, run_scope, seed_for
+from .runtime import resolve_device, resolve_precision, run_scope
 from .schedule import LRSchedule, lr_factor
 
 __all__ = [
@@ -87,7 +81,6 @@ __all__ = [
     "load_run",
     "evaluate",
     "lr_factor",
-    "build_model",
     "resolve_device",
     "resolve_precision",
     "METRIC_KEYS",
@@ -95,37 +88,7 @@ __all__ = [
 
 _FORMAT = "orthosparse-checkpoint"
 
-# --------------------------------------------------------------------------- model, evaluation
-
-
-def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Create ``config.model`` for the data; ``depth``/``width``/``activation`` when set.
-
-    ``width`` is the model's ``width`` or ``channels`` argument.
-
-    Raises:
-        ValueError: a set field the model does not take (naming the ones it takes).
-    """
-    from ..models import create_model, model_arguments
-
-    accepted = model_arguments(config.model)
-    kwargs: dict[str, Any] = {"input_shape": tuple(input_shape), "num_classes": num_classes}
-    for key, targets in (("depth", ("depth",)), ("width", ("width", "channels")),
-                         ("activation", ("activation",))):
-        value = getattr(config, key)
-        if value is None:
-            continue
-        target = next((t for t in targets if t in accepted), None)
-        if target is None:
-            raise ValueError(f"{key}={value!r} does not apply to model {config.model!r} (it "
-                             f"takes: {', '.join(accepted)}); leave {key} unset (none)")
-        kwargs[target] = value
-    for key, value in options_dict(config.model_options, "model_options").items():
-        if key in kwargs:
-            raise ValueError(f"model_options sets {key!r}, which is already set (by depth/width/"
-                             f"activation or the data); set it in one place")
-        kwargs[key] = value
-    return create_model(config.model, **kwargs)
+# --------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
@@ -234,17 +197,12 @@ def _train(config: TrainConfig, dist: DistContext | None, *, resume: bool, force
             print(f"{run_dir}: already {result.status}; not trained again (use --force to "
                   f"rerun)")
         return result
-    threads: Any = None
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", config_to_dict(config))
-        threads = run_threads(run_dir, config.threads, state)  # a resume keeps the recorded one
-    threads, note = broadcast_object(threads, dist)
     console = RunConsole(run_dir / "train.log" if main else None, config.progress)
     try:
-        if note:
-            console.line(note)
-        with run_scope(config.seed, config.deterministic, threads):
+        with run_scope(config.seed, config.deterministic, config.threads):
             return _Run(config, run_dir, device, amp_dtype, console, dist).run(
                 resume=state == "resume", stop_after=stop_after)
     except BaseException as err:  # the log says why a run ended; the caller still sees it
@@ -275,36 +233,13 @@ class _Run:
 
     # ---------------------------------------------------------------- setup
     def _setup(self) -> None:
-        from ..data import load_dataset, make_loader
-        from ..sparsify import attach_optimizer, sparsify
+        from ..sparsify import attach_optimizer
 
         cfg, device = self.cfg, self.device
-        splits = load_dataset(cfg.dataset, root=cfg.data_root, val_fraction=cfg.val_fraction,
-                              seed=cfg.seed, **options_dict(cfg.data_options, "data_options"))
-        augment = splits.augment if cfg.augment == "auto" else cfg.augment
-        # Every rank draws the same global batches (same seed) and trains on its slice.
-        self.loader_gen = torch.Generator().manual_seed(seed_for(cfg.seed, "batches"))
-        self.train_loader = make_loader(splits.train, cfg.batch_size, shuffle=True,
-                                        generator=self.loader_gen, augment=augment,
-                                        device=device)
-        self.eval_loaders = {
-            split: make_loader(getattr(splits, split), cfg.eval_batch_size, shuffle=False,
-                               device=device)
-            for split in ("val", "test") if len(getattr(splits, split)) > 0
-        }
-        if len(self.train_loader) == 0:
-            raise ValueError(f"dataset {cfg.dataset!r} has no training examples")
-        self.model = build_model(cfg, splits.input_shape, splits.num_classes).to(device)
-        # Saliency masks (snip, grasp) read batches from their own stream, not the training one.
-        mask_loader = make_loader(splits.train, cfg.batch_size, shuffle=True, device=device,
-                                  generator=torch.Generator().manual_seed(
-                                      seed_for(cfg.seed, "mask-data")))
-        self.masks = sparsify(
-            self.model, cfg.density, mask=cfg.mask, init=cfg.init, data=mask_loader,
-            gain=cfg.gain, bias_std=cfg.bias_std, exclude=tuple(cfg.exclude),
-            generator=torch.Generator().manual_seed(seed_for(cfg.seed, "sparsify")),
-            **sparsify_options_for(cfg),
-        )
+        exp = build_experiment(cfg, device, loaders=True)  # the network `inspect` measures too
+        self.model, self.masks = exp.model, exp.masks
+        self.loader_gen, self.train_loader = exp.loader_generator, exp.train_loader
+        self.eval_loaders = exp.eval_loaders
         # One process: net is model. Several: masks checked equal on all ranks, then DDP.
         self.net, self.mask_checksum = wrap_model(self.model, self.dist)
         self.optimizer = self._optimizer()
@@ -317,9 +252,7 @@ class _Run:
             warmup_epochs=cfg.warmup_epochs))
         self.scaler = (torch.amp.GradScaler(device.type)
                        if self.amp_dtype == torch.float16 else None)
-        test = splits.test if len(splits.test) else splits.train
-        self.jacobian_inputs = torch.stack(
-            [test[i][0] for i in range(min(cfg.jacobian_examples, len(test)))]).to(device)
+        self.jacobian_inputs, _ = first_examples(exp.splits, cfg.jacobian_examples, device)
         self.tb = self._tensorboard() if self.main else None
 
     def _optimizer(self) -> torch.optim.Optimizer:
