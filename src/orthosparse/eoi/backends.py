@@ -23,7 +23,7 @@ arrays             numpy/torch array passes, route by size (``arrays.route_for``
                    without numba
 arrays-dense       its small-problem route: sequential scan, dense 2x2 matmuls per layer
 arrays-segments    sequential scan, then the layered torch segment passes
-arrays-bitset      bitset support pass and segment passes, all torch (no Python per rotation)
+arrays-bitset      bitset support pass, then the segment passes (no Python per rotation)
 reference          the oracle, one rotation at a time (slow; CPU, then moved)
 =================  ==========================================================================
 
@@ -118,7 +118,7 @@ BACKENDS.register("arrays-dense", Backend(
 BACKENDS.register("arrays-segments", Backend(
     functools.partial(arrays.build, route="segments"), "sequential scan, torch segment passes"))
 BACKENDS.register("arrays-bitset", Backend(
-    functools.partial(arrays.build, route="bitset"), "torch bitset and segment passes"))
+    functools.partial(arrays.build, route="bitset"), "bitset support and segment passes"))
 BACKENDS.register("reference", Backend(reference.build, "the oracle: one rotation at a time"))
 
 AUTO_ORDER = ("compiled", "arrays")
