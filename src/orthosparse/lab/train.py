@@ -67,6 +67,7 @@ from .runs import (
     json_safe,
     load_run,
     prepare_run_dir,
+    run_threads,
     write_json,
     write_metrics,
 )
@@ -197,12 +198,17 @@ def _train(config: TrainConfig, dist: DistContext | None, *, resume: bool, force
             print(f"{run_dir}: already {result.status}; not trained again (use --force to "
                   f"rerun)")
         return result
+    threads: Any = None
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", config_to_dict(config))
+        threads = run_threads(run_dir, config.threads, state)  # a resume keeps the recorded one
+    threads, note = broadcast_object(threads, dist)
     console = RunConsole(run_dir / "train.log" if main else None, config.progress)
     try:
-        with run_scope(config.seed, config.deterministic, config.threads):
+        if note:
+            console.line(note)
+        with run_scope(config.seed, config.deterministic, threads):
             return _Run(config, run_dir, device, amp_dtype, console, dist).run(
                 resume=state == "resume", stop_after=stop_after)
     except BaseException as err:  # the log says why a run ended; the caller still sees it
