@@ -32,7 +32,9 @@ and finds a run by its config hash even if its directory name changed with the g
 Each run is a separate process (``python -m orthosparse train --resume RUN_DIR``), so a crash
 cannot take the sweep down; ``jobs`` run side by side, each pinned to one GPU through
 ``CUDA_VISIBLE_DEVICES`` when several are visible, or given ``cpu_count // jobs`` threads on a
-CPU. Ctrl-C (or SIGTERM) stops the runs (they keep their last checkpoint) and exits with 130.
+CPU (``OMP_NUM_THREADS``; the run folder records the count, and a resume, by a sweep or by hand,
+keeps it: :func:`orthosparse.lab.runs.run_threads`). Ctrl-C (or SIGTERM) stops the runs (they
+keep their last checkpoint) and exits with 130.
 
 Example:
     >>> result = run_sweep("configs/digits-grid.toml", jobs=2)
