@@ -5,26 +5,34 @@
     orthosparse train --preset mlp --density 0.05 --seed 1
     orthosparse train --config my.toml --lr 0.1 --resume
 
-``train`` flags are generated from the fields of :class:`~orthosparse.lab.config.TrainConfig` (help
-text included). Commands are a registry: another module adds one with
-``COMMANDS.register("sweep", Command(...))``; the modules named in :data:`EXTENSIONS` are imported
-(when present) before the parser is built.
+This is the package's only argparse module. :data:`COMMANDS` is the one table of commands: each
+row names the command's help, the function adding its flags and the function it runs, which
+turns the flags into a call of the lab function of the same name (``train`` ->
+:func:`orthosparse.lab.train.train`, ``sweep`` -> :func:`orthosparse.lab.sweep.run_sweep`,
+``report``, ``inspect``, ``demo``) and prints its result. The lab modules never import this one.
+
+``train`` and ``inspect`` flags are generated from the fields of
+:class:`~orthosparse.lab.config.TrainConfig` (help text included). A bad flag value found after
+argparse is printed as ``orthosparse <command>: error: ...`` with exit code 2, and so is a
+``ValueError``/``TypeError`` the lab function raises.
+
+Adding a command: write the function in its lab module (plain Python, no argparse), then here a
+``_x_flags(parser)``, a ``_run_x(args) -> exit code`` that calls it, and a row of
+:data:`COMMANDS`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import sys
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
-from .._registry import Registry
 from .config import (
     GROUPS,
     check_names,
@@ -38,7 +46,7 @@ from .config import (
     split_optional,
 )
 
-__all__ = ["Command", "COMMANDS", "EXTENSIONS", "add_config_arguments", "add_source_arguments",
+__all__ = ["Command", "COMMANDS", "add_config_arguments", "add_source_arguments",
            "config_from_args", "build_parser", "main"]
 
 PROG = "orthosparse"
@@ -46,20 +54,22 @@ PROG = "orthosparse"
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: ``configure(parser)`` adds its flags, ``run(args) -> exit code`` runs it."""
+    """One row of :data:`COMMANDS`.
+
+    Attributes:
+        help: the line ``orthosparse --help`` shows.
+        flags: ``flags(parser)`` adds the command's arguments.
+        run: ``run(args) -> exit code`` calls the command's lab function with the parsed flags.
+        description, usage, epilog: the command's ``--help`` text (default: ``help``, argparse's
+            usage line, none).
+    """
 
     help: str
-    configure: Callable[[argparse.ArgumentParser], None]
+    flags: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     description: str = ""
     usage: str | None = None
-
-
-COMMANDS: Registry[Command] = Registry("command")
-
-# Modules that register more commands (``sweep``, ``report``, ``inspect``), imported if present.
-EXTENSIONS: tuple[str, ...] = ("orthosparse.lab.sweep", "orthosparse.lab.report",
-                               "orthosparse.lab.inspection")
+    epilog: str | None = None
 
 
 class _UsageError(Exception):
@@ -150,8 +160,7 @@ def add_source_arguments(group: Any) -> None:
 # --------------------------------------------------------------------------- train
 
 
-def _configure_train(parser: argparse.ArgumentParser) -> None:
-
+def _train_flags(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run control")
     add_source_arguments(run)
     run.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
@@ -173,8 +182,6 @@ def _run_train(args: argparse.Namespace) -> int:
     overrides = config_from_args(args)
     run_dir = None
     if isinstance(args.resume, str):
-        from pathlib import Path
-
         run_dir = Path(args.resume)
         config_path = run_dir / "config.json"
         if not config_path.is_file():
@@ -203,22 +210,10 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.register("train", Command(
-    help="train one configured experiment (preset, TOML file and --key value overrides)",
-    description="Train one experiment. Settings are layered: built-in defaults, then --preset, "
-                "then --config FILE.toml, then the --key value flags below. Results go to "
-                "<out>/<name>-<config hash>/ (config.json, metrics.jsonl/.csv, final.json, "
-                "checkpoint.pt, train.log); a finished config is not trained again unless "
-                "--force. Exit codes: 0 done, 1 diverged, 2 bad usage.",
-    configure=_configure_train, run=_run_train,
-    usage=f"{PROG} train [--preset NAME] [--config FILE.toml] [--resume [RUN_DIR]] [--force] "
-          f"[--dry-run] [--KEY VALUE ...]"))
-
-
 # --------------------------------------------------------------------------- presets
 
 
-def _configure_presets(parser: argparse.ArgumentParser) -> None:
+def _presets_flags(parser: argparse.ArgumentParser) -> None:
     from .presets import list_presets
 
     parser.add_argument("name", nargs="?", choices=list_presets(), metavar="NAME",
@@ -238,15 +233,10 @@ def _run_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.register("presets", Command(
-    help="list the experiment presets, or print one as TOML",
-    configure=_configure_presets, run=_run_presets))
-
-
 # --------------------------------------------------------------------------- demo
 
 
-def _configure_demo(parser: argparse.ArgumentParser) -> None:
+def _demo_flags(parser: argparse.ArgumentParser) -> None:
     from .demo import DEMO_DEFAULTS
 
     d = DEMO_DEFAULTS
@@ -279,36 +269,270 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.register("demo", Command(
-    help="EOI vs masked orthogonal and Kaiming inits on a deep sparse tanh MLP (digits, ~1 min "
-         "on a CPU)",
-    description="Train the same deep sparse tanh MLP on the bundled 8x8 digits with EOI and the "
-                "baseline initializations (same density and mask), print a results table "
-                "(test accuracy, loss, Jacobian singular values at init) and save a plot.",
-    configure=_configure_demo, run=_run_demo))
+# --------------------------------------------------------------------------- inspect
+
+
+def _find_action(parser: argparse.ArgumentParser, option: str) -> argparse.Action:
+    for action in parser._actions:  # argparse has no public lookup by option string
+        if option in action.option_strings:
+            return action
+    raise AssertionError(f"{option} is not a flag of the parser")  # pragma: no cover
+
+
+def _inspect_flags(parser: argparse.ArgumentParser) -> None:
+    from ..sparsify import list_inits
+
+    run = parser.add_argument_group("inspect options")
+    add_source_arguments(run)
+    run.add_argument("--compare-inits", nargs="+", metavar="INIT",
+                     help=f"initializations to compare in one table and one picture (same "
+                          f"mask method, density and seed): {', '.join(list_inits())}; same as "
+                          f"--init a,b,c")
+    run.add_argument("--densities", nargs="+", type=float, metavar="D",
+                     help="sweep these densities in (0, 1] instead of one --density: every init "
+                          "at every density (same seed and data); prints a table (rows: init, "
+                          "columns: density, cells mean ± std [min, max] of the Jacobian "
+                          "singular values; n/a where an init cannot build a density) and "
+                          "writes jacobian_vs_density.png/.md/.csv and inspect.json (no "
+                          "singular_values.png/signal_propagation.png)")
+    run.add_argument("--examples", type=int, metavar="N",
+                     help="test examples for the norms and the Jacobian (default: "
+                          "--jacobian-examples, 32 unless set)")
+    add_config_arguments(parser)
+    _find_action(parser, "--init").help = (
+        f"initialization, or several separated by commas to compare them: "
+        f"{', '.join(list_inits())} [default: the preset's, else eoi]")
+    _find_action(parser, "--out").help = (
+        "directory for inspect.json, singular_values.png and signal_propagation.png (with "
+        "--densities: jacobian_vs_density.png/.md/.csv) [default: <out of the preset/TOML, "
+        "else runs>/<name>-inspect]")
+
+
+def _split_inits(words: Sequence[str], flag: str) -> list[str]:
+    names = [w.strip() for word in words for w in word.split(",")]
+    if not names or any(not w for w in names):
+        raise _UsageError(f"argument {flag}: {','.join(words)!r} must be init names separated "
+                          f"by commas or spaces, none empty")
+    return names
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from .inspection import check_densities, inspect
+
+    init_text = vars(args).pop("init", None)  # may list several inits: not a config value
+    if init_text is not None and args.compare_inits is not None:
+        raise _UsageError("argument --compare-inits: not allowed with --init; list the inits "
+                          "in one of them")
+    densities = args.densities
+    if densities is not None:
+        if hasattr(args, "density"):  # config flags are set only when typed
+            raise _UsageError("argument --densities: not allowed with --density; list every "
+                              "density in --densities")
+        try:
+            densities = check_densities(densities)
+        except ValueError as err:
+            raise _UsageError(f"argument --densities: {err}") from None
+    overrides = config_from_args(args)
+    out = overrides.pop("out", None)
+    config = resolve_config(args.preset, args.config, overrides)
+    if init_text is not None:
+        inits = _split_inits([init_text], "--init")
+    elif args.compare_inits is not None:
+        inits = _split_inits(args.compare_inits, "--compare-inits")
+    else:
+        inits = None
+    if args.examples is not None and args.examples < 1:
+        raise _UsageError(f"argument --examples: {args.examples} must be >= 1")
+    if out is None:
+        out = Path(config.out) / f"{config.name}-inspect"
+    inspect(config, inits, out=out, examples=args.examples, densities=densities)
+    return 0
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def _sweep_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", nargs="?", metavar="GRID.toml|NAME",
+                        help="sweep file or sweep preset name (omit to list the presets)")
+    parser.add_argument("--jobs", "-j", type=int, default=1,
+                        help="runs side by side (one GPU each when several are visible) "
+                             "[default: 1]")
+    parser.add_argument("--out", help="parent directory of the sweep directory [default: the "
+                                      "file's [sweep] out, else sweeps]")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="fix a config key for every run, e.g. --set "
+                        "epochs=1 (repeatable)")
+    parser.add_argument("--skip-failed", action="store_true",
+                        help="do not retry runs that failed before")
+    parser.add_argument("--devices", help="comma-separated GPU ids to use (default: all "
+                                          "visible)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="kill a run after this long and mark it failed")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the runs and their states; start nothing")
+    parser.add_argument("--print", dest="print_toml", action="store_true",
+                        help="print the sweep as a TOML file and exit")
+    parser.add_argument("--report", action="store_true",
+                        help="write the report (orthosparse report) when the sweep ends")
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from .presets import get_sweep, list_sweeps
+    from .sweep import parse_overrides, run_sweep, sweep_to_toml
+
+    if args.source is None:
+        width = max(len(n) for n in list_sweeps())
+        for name in list_sweeps():
+            print(f"{name:<{width}}  {get_sweep(name).description}")
+        return 0
+    if args.print_toml:
+        print(sweep_to_toml(args.source), end="")
+        return 0
+    overrides = parse_overrides(args.overrides)
+    devices = [d for d in args.devices.split(",") if d.strip()] if args.devices else None
+    result = run_sweep(args.source, jobs=args.jobs, out=args.out, overrides=overrides,
+                       retry_failed=not args.skip_failed, devices=devices,
+                       timeout=args.timeout, dry_run=args.dry_run)
+    if args.dry_run:
+        print(f"# sweep directory: {result.sweep_dir}")
+        keys = list(result.runs[0].values) if result.runs else []
+        print("\t".join(["#", "state", *keys, "run dir"]))
+        for run in result.runs:
+            values = ["+".join(map(str, v)) if isinstance(v, list) else str(v)
+                      for v in run.values.values()]
+            print("\t".join([str(run.index), result.states[run.run_dir.name], *values,
+                             str(run.run_dir)]))
+        print(f"# {len(result.runs)} runs: " + ", ".join(
+            f"{n} {s}" for s, n in sorted(result.counts.items())))
+        return 0
+    if result.interrupted:
+        return 130
+    if args.report:
+        from .report import report
+
+        report(result.sweep_dir)
+    return 0 if result.complete else 1
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _report_flags(parser: argparse.ArgumentParser) -> None:
+    from .report import METRICS
+
+    parser.add_argument("path", metavar="RUN_OR_SWEEP_DIR",
+                        help="a run directory, a sweep directory or a directory of runs")
+    parser.add_argument("--out", help="report directory [default: PATH/report]")
+    parser.add_argument("--metric", default="test_acc", choices=list(METRICS),
+                        help="final.json value to tabulate [default: test_acc]")
+    parser.add_argument("--rows", help="comma-separated keys for the rows [default: the "
+                                       "varying method keys (mask, init, ...)]")
+    parser.add_argument("--cols", help="comma-separated keys for the columns [default: the "
+                                       "varying settings (density, activation, ...)]")
+    parser.add_argument("--no-plots", dest="plots", action="store_false",
+                        help="write the tables only")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    def keys(text: str | None) -> list[str] | None:
+        return None if text is None else [k.strip() for k in text.split(",") if k.strip()]
+
+    result = report(args.path, out=args.out, metric=args.metric, rows=keys(args.rows),
+                    cols=keys(args.cols), plots=args.plots)
+    print(result.table.to_markdown(), end="")
+    print(f"\nwrote {', '.join(str(p) for p in result.files.values())}")
+    return 0
+
+
+# --------------------------------------------------------------------------- the table
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command(
+        help="EOI vs masked orthogonal and Kaiming inits on a deep sparse tanh MLP (digits, ~1 "
+             "min on a CPU)",
+        description="Train the same deep sparse tanh MLP on the bundled 8x8 digits with EOI and "
+                    "the baseline initializations (same density and mask), print a results "
+                    "table (test accuracy, loss, Jacobian singular values at init) and save a "
+                    "plot.",
+        flags=_demo_flags, run=_run_demo),
+    "inspect": Command(
+        help="print per-layer and Jacobian diagnostics of the initialized network; plot "
+             "spectra and norms versus depth, comparing inits",
+        description="Build the configured network as `train` does (preset, TOML file and --key "
+                    "value flags; mask, density, seed), initialize it with each requested init, "
+                    "and print per layer the mask density, orthogonality error ||W W^T - gain^2 "
+                    "I||_F / sqrt(r), activation and gradient norms, then the singular values "
+                    "of the input-output Jacobian (mean, std, min, max, condition number). "
+                    "Several inits (--init eoi,orthogonal,kaiming or --compare-inits eoi "
+                    "orthogonal kaiming) give a comparison table and overlaid plots. Writes "
+                    "inspect.json, singular_values.png and signal_propagation.png to --out. "
+                    "--densities 0.05 0.1 0.5 1 measures every init at every density instead "
+                    "and gives the Jacobian summary versus density: one table and "
+                    "jacobian_vs_density.png/.md/.csv. Training-only settings (optimizer, "
+                    "epochs, ...) are accepted and change nothing here; --progress none prints "
+                    "nothing.",
+        usage=f"{PROG} inspect [--preset NAME] [--config FILE.toml] [--init INIT[,INIT...] | "
+              f"--compare-inits INIT [INIT ...]] [--density D | --densities D [D ...]] "
+              f"[--examples N] [--out DIR] [--KEY VALUE ...]",
+        epilog="Training records the same Jacobian summary (mean, std, min, max, condition "
+               "number on the first --jacobian-examples test images): `orthosparse train "
+               "--jacobian epoch` measures it at init and after every epoch (`--jacobian init`: "
+               "at init only) into metrics.jsonl/.csv and final.json.",
+        flags=_inspect_flags, run=_run_inspect),
+    "presets": Command(
+        help="list the experiment presets, or print one as TOML",
+        flags=_presets_flags, run=_run_presets),
+    "report": Command(
+        help="results tables (mean ± std over seeds; Markdown, CSV) and plots of runs or a "
+             "sweep",
+        description="Tabulate the runs under RUN_OR_SWEEP_DIR (mean ± std over seeds, best of "
+                    "each column in bold) as Markdown and CSV, list every run with its config "
+                    "hash and directory, and plot accuracy versus density, training loss curves "
+                    "and Jacobian singular values (PNG) into PATH/report/.",
+        flags=_report_flags, run=_run_report),
+    "sweep": Command(
+        help="run a grid of experiments (TOML sweep file or preset), N at a time; restartable",
+        description="Expand a grid (any config key may be a list), run each run in its own "
+                    "process, --jobs at a time (one GPU each when several are visible), skip "
+                    "runs that have results, resume killed runs from their checkpoint and "
+                    "record failed runs' tracebacks (failed.json) and carry on. Rerun the same "
+                    "command to continue an interrupted sweep. Exit codes: 0 every run has a "
+                    "result, 1 some failed, 2 bad usage, 130 interrupted.",
+        usage=f"{PROG} sweep [GRID.toml|NAME] [--jobs N] [--out DIR] [--set KEY=VALUE] "
+              f"[--skip-failed] [--dry-run] [--print] [--report]",
+        flags=_sweep_flags, run=_run_sweep),
+    "train": Command(
+        help="train one configured experiment (preset, TOML file and --key value overrides)",
+        description="Train one experiment. Settings are layered: built-in defaults, then "
+                    "--preset, then --config FILE.toml, then the --key value flags below. "
+                    "Results go to <out>/<name>-<config hash>/ (config.json, metrics.jsonl/.csv, "
+                    "final.json, checkpoint.pt, train.log); a finished config is not trained "
+                    "again unless --force. Exit codes: 0 done, 1 diverged, 2 bad usage.",
+        usage=f"{PROG} train [--preset NAME] [--config FILE.toml] [--resume [RUN_DIR]] "
+              f"[--force] [--dry-run] [--KEY VALUE ...]",
+        flags=_train_flags, run=_run_train),
+}
+"""``orthosparse <name>`` -> its :class:`Command`; listed in ``orthosparse --help`` by name."""
 
 
 # --------------------------------------------------------------------------- main
 
 
-def _load_extensions() -> None:
-    for module in EXTENSIONS:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """Return the ``orthosparse`` parser with one subparser per registered command."""
-    _load_extensions()
+    """Return the ``orthosparse`` parser with one subparser per row of :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="Static sparse training with Exact Orthogonal Initialization "
         "(EOI). Start with `orthosparse demo`.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS.names():
-        command = COMMANDS.get(name)
+    for name in sorted(COMMANDS):
+        command = COMMANDS[name]
         p = sub.add_parser(name, help=command.help, usage=command.usage,
-                           description=command.description or command.help)
-        command.configure(p)
+                           description=command.description or command.help,
+                           epilog=command.epilog)
+        command.flags(p)
         p.set_defaults(_command=name, _parser=p)
     return parser
 
@@ -323,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     sub = args._parser
     try:
-        return COMMANDS.get(args._command).run(args)
+        return COMMANDS[args._command].run(args)
     except _UsageError as err:
         sub.error(str(err))  # exits with code 2
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as err:

@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -47,18 +46,9 @@ from typing import Any
 import torch
 
 from .._checks import check_density, check_positive_int, density_off_target
-from .cli import (
-    COMMANDS,
-    PROG,
-    Command,
-    _UsageError,
-    add_config_arguments,
-    add_source_arguments,
-    config_from_args,
-)
-from .config import TrainConfig, check_names, config_to_dict, resolve_config
+from .config import TrainConfig, check_names, config_to_dict
 
-__all__ = ["inspect", "OUTPUT_FILES"]
+__all__ = ["inspect", "check_densities", "OUTPUT_FILES"]
 
 # What ``inspect(..., out=DIR)`` writes into DIR.
 OUTPUT_FILES: dict[str, str] = {
@@ -107,8 +97,13 @@ def _check_inits(inits: Sequence[str] | str | None, config: TrainConfig) -> list
     return names
 
 
-def _check_densities(densities: object) -> list[float]:
-    """Return the densities as a list of floats in (0, 1]; reject empty input and duplicates."""
+def check_densities(densities: object) -> list[float]:
+    """Return the densities as a list of floats in (0, 1]; reject empty input and duplicates.
+
+    Raises:
+        TypeError: not a sequence of real numbers.
+        ValueError: empty, a density outside (0, 1], or one given twice.
+    """
     if isinstance(densities, (str, bytes, Mapping)) or not isinstance(densities, Iterable):
         raise TypeError(f"densities must be a sequence of floats in (0, 1], got "
                         f"{type(densities).__name__}: {densities!r}")
@@ -352,7 +347,7 @@ def inspect(config: TrainConfig, inits: Sequence[str] | str | None = None, *,
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     names = _check_inits(inits, config)
-    sweep_densities = None if densities is None else _check_densities(densities)
+    sweep_densities = None if densities is None else check_densities(densities)
     examples = check_positive_int(config.jacobian_examples if examples is None else examples,
                                   "examples")
     out_dir = None if out is None else Path(out)
@@ -458,113 +453,3 @@ def _sweep(config: TrainConfig, names: list[str], densities: list[float], splits
         for key in (*_SWEEP_FILES, "json"):
             echo(f"wrote {files[key]}")
     return _json_safe(result)
-
-
-# --------------------------------------------------------------------------- command
-
-
-def _find_action(parser: argparse.ArgumentParser, option: str) -> argparse.Action:
-    for action in parser._actions:  # argparse has no public lookup by option string
-        if option in action.option_strings:
-            return action
-    raise AssertionError(f"{option} is not a flag of the parser")  # pragma: no cover
-
-
-def _configure(parser: argparse.ArgumentParser) -> None:
-    from ..sparsify import list_inits
-
-    run = parser.add_argument_group("inspect options")
-    add_source_arguments(run)
-    run.add_argument("--compare-inits", nargs="+", metavar="INIT",
-                     help=f"initializations to compare in one table and one picture (same "
-                          f"mask method, density and seed): {', '.join(list_inits())}; same as "
-                          f"--init a,b,c")
-    run.add_argument("--densities", nargs="+", type=float, metavar="D",
-                     help="sweep these densities in (0, 1] instead of one --density: every init "
-                          "at every density (same seed and data); prints a table (rows: init, "
-                          "columns: density, cells mean ± std [min, max] of the Jacobian "
-                          "singular values; n/a where an init cannot build a density) and "
-                          "writes jacobian_vs_density.png/.md/.csv and inspect.json (no "
-                          "singular_values.png/signal_propagation.png)")
-    run.add_argument("--examples", type=int, metavar="N",
-                     help="test examples for the norms and the Jacobian (default: "
-                          "--jacobian-examples, 32 unless set)")
-    add_config_arguments(parser)
-    _find_action(parser, "--init").help = (
-        f"initialization, or several separated by commas to compare them: "
-        f"{', '.join(list_inits())} [default: the preset's, else eoi]")
-    _find_action(parser, "--out").help = (
-        "directory for inspect.json, singular_values.png and signal_propagation.png (with "
-        "--densities: jacobian_vs_density.png/.md/.csv) [default: <out of the preset/TOML, "
-        "else runs>/<name>-inspect]")
-    try:  # `--data` alone is ambiguous (--data-root, --data-options): make it mean --dataset
-        parser.add_argument("--data", dest="dataset", default=argparse.SUPPRESS,
-                            help=argparse.SUPPRESS)
-    except argparse.ArgumentError:  # the config flags define it already
-        pass
-    parser.epilog = (
-        "Training records the same Jacobian summary (mean, std, min, max, condition number on "
-        "the first --jacobian-examples test images): `orthosparse train --jacobian epoch` "
-        "measures it at init and after every epoch (`--jacobian init`: at init only) into "
-        "metrics.jsonl/.csv and final.json.")
-
-
-def _split_inits(words: Sequence[str], flag: str) -> list[str]:
-    names = [w.strip() for word in words for w in word.split(",")]
-    if not names or any(not w for w in names):
-        raise _UsageError(f"argument {flag}: {','.join(words)!r} must be init names separated "
-                          f"by commas or spaces, none empty")
-    return names
-
-
-def _run(args: argparse.Namespace) -> int:
-    init_text = vars(args).pop("init", None)  # may list several inits: not a config value
-    if init_text is not None and args.compare_inits is not None:
-        raise _UsageError("argument --compare-inits: not allowed with --init; list the inits "
-                          "in one of them")
-    densities = args.densities
-    if densities is not None:
-        if hasattr(args, "density"):  # config flags are set only when typed
-            raise _UsageError("argument --densities: not allowed with --density; list every "
-                              "density in --densities")
-        try:
-            densities = _check_densities(densities)
-        except ValueError as err:
-            raise _UsageError(f"argument --densities: {err}") from None
-    overrides = config_from_args(args)
-    out = overrides.pop("out", None)
-    config = resolve_config(args.preset, args.config, overrides)
-    if init_text is not None:
-        inits = _split_inits([init_text], "--init")
-    elif args.compare_inits is not None:
-        inits = _split_inits(args.compare_inits, "--compare-inits")
-    else:
-        inits = None
-    if args.examples is not None and args.examples < 1:
-        raise _UsageError(f"argument --examples: {args.examples} must be >= 1")
-    if out is None:
-        out = Path(config.out) / f"{config.name}-inspect"
-    inspect(config, inits, out=out, examples=args.examples, densities=densities)
-    return 0
-
-
-COMMANDS.register("inspect", Command(
-    help="print per-layer and Jacobian diagnostics of the initialized network; plot spectra "
-         "and norms versus depth, comparing inits",
-    description="Build the configured network as `train` does (preset, TOML file and --key "
-                "value flags; mask, density, seed), initialize it with each requested init, and "
-                "print per layer the mask density, orthogonality error ||W W^T - gain^2 I||_F / "
-                "sqrt(r), activation and gradient norms, then the singular values of the "
-                "input-output Jacobian (mean, std, min, max, condition number). Several inits "
-                "(--init eoi,orthogonal,kaiming or --compare-inits eoi orthogonal kaiming) give "
-                "a comparison table and overlaid plots. Writes inspect.json, "
-                "singular_values.png and signal_propagation.png to --out. --densities 0.05 0.1 "
-                "0.5 1 measures every init at every density instead and gives the Jacobian "
-                "summary versus density: one table and jacobian_vs_density.png/.md/.csv. "
-                "Training-only "
-                "settings (optimizer, epochs, ...) are accepted and change nothing here; "
-                "--progress none prints nothing.",
-    configure=_configure, run=_run,
-    usage=f"{PROG} inspect [--preset NAME] [--config FILE.toml] [--init INIT[,INIT...] | "
-          f"--compare-inits INIT [INIT ...]] [--density D | --densities D [D ...]] "
-          f"[--examples N] [--out DIR] [--KEY VALUE ...]"))
