@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import orthosparse.lab
+from orthosparse.lab.cli import COMMANDS
 from orthosparse.lab.config import config_fields, resolve_config
 from orthosparse.lab.presets import list_presets
 
@@ -19,6 +23,25 @@ TINY_FLAGS = [
     "--device", "cpu", "--progress", "epoch", "--no-tensorboard",
 ]
 
+
+def test_cli_is_the_only_module_that_imports_argparse_or_the_cli():
+    lab = Path(orthosparse.lab.__file__).parent
+    offenders = {}
+    for path in sorted(lab.glob("*.py")):
+        if path.name == "cli.py":
+            continue
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                names.add("." * node.level + (node.module or ""))
+                names.update(alias.name for alias in node.names if node.module is None)
+        bad = sorted(n for n in names if n in ("argparse", "cli", ".cli", "orthosparse.lab.cli"))
+        if bad:
+            offenders[path.name] = bad
+    assert offenders == {}
+    assert sorted(COMMANDS) == ["demo", "inspect", "presets", "report", "sweep", "train"]
 
 
 def test_no_arguments_prints_help_and_suggests_the_demo(cli, capsys):
