@@ -96,11 +96,14 @@ def test_run_writes_every_output_and_keeps_masks(tmp_path):
     log = (run_dir / "train.log").read_text()
     assert "epoch 1/2" in log and "epoch 2/2" in log and "finished" in log
     # pruned weights are still exactly zero after training
+    kept = total = 0
     for name, module in result.model.named_modules():
         mask = getattr(module, "weight_mask", None)
         if mask is not None:
             assert torch.count_nonzero(module.weight[~mask]) == 0, name
-    assert final["density_nonzero"] <= 0.5 + 1e-9
+            kept, total = kept + int(mask.sum()), total + mask.numel()
+    # nonzero weights fit in the masks, whose density EOI's stop rule puts near the target 0.5
+    assert final["density_nonzero"] <= kept / total and abs(kept / total - 0.5) < 0.05
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert ckpt["progress"]["epoch"] == 2 and any(k.endswith("_mask") for k in ckpt["model"])
 
