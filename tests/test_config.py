@@ -213,7 +213,7 @@ def test_help_text_lists_the_registered_names():
     from orthosparse.data import list_augmentations, list_datasets
     from orthosparse.masks import list_mask_methods
     from orthosparse.models import list_models
-    from orthosparse.sparsify import list_inits
+    from orthosparse.schemes import list_inits
 
     helps = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
     for key, names in (("dataset", list_datasets()), ("model", list_models()),

@@ -10,6 +10,7 @@ The short public API lives here; the modules hold the rest (``orthosparse.diagno
 from .eoi import sparse_orthogonal
 from .init import eoi_, eoi_group_, orthogonal_
 from .masks import compute_masks, list_mask_methods
+from .schemes import list_inits
 from .sparse import (
     apply_masks,
     attach_optimizer,
@@ -18,7 +19,7 @@ from .sparse import (
     load_sparse_state_dict,
     remove_masks,
 )
-from .sparsify import list_inits, sparsify
+from .sparsify import sparsify
 
 __version__ = "0.2.0"
 

@@ -34,11 +34,11 @@ from torch import Tensor, nn
 from ._checks import check_generator
 from ._layers import prunable_layers
 from .masks.compute import check_method_density, densities_for, get_mask_method, masks_for
-from .schemes import SchemeName, check_scheme_arguments, get_scheme, list_inits, run_scheme
+from .schemes import SchemeName, check_scheme_arguments, get_scheme, run_scheme
 from .sparse import _record_targets, apply_masks, attach_optimizer, density_report, get_masks
 from .sparse import remove_masks as _remove_masks
 
-__all__ = ["attach_optimizer", "density_report", "list_inits", "sparsify"]
+__all__ = ["attach_optimizer", "density_report", "sparsify"]
 
 
 def _route(options: dict[str, Any], mask: object, mask_opts: list[str], init: str,

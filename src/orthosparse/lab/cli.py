@@ -280,7 +280,7 @@ def _find_action(parser: argparse.ArgumentParser, option: str) -> argparse.Actio
 
 
 def _inspect_flags(parser: argparse.ArgumentParser) -> None:
-    from ..sparsify import list_inits
+    from ..schemes import list_inits
 
     run = parser.add_argument_group("inspect options")
     add_source_arguments(run)

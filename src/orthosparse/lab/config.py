@@ -33,7 +33,8 @@ from typing import Any, Literal
 from ..data import list_augmentations, list_datasets
 from ..masks import list_mask_methods
 from ..models import list_models
-from ..sparsify import list_inits
+from ..paper import DEEP_TANH_BIAS_STD, DEEP_TANH_GAIN
+from ..schemes import list_inits
 
 __all__ = [
     "Optimizer",
@@ -138,9 +139,10 @@ class TrainConfig:
     density: float = _f(0.1, "fraction of prunable weights kept, in (0, 1]", "sparsity")
     mask: str = _f("erk", f"mask method: {_names(list_mask_methods())}", "sparsity")
     init: str = _f("eoi", f"initialization: {_names(list_inits())}", "sparsity")
-    gain: float = _f(1.0, "initialization gain (1000-layer tanh nets: 1.0247)", "sparsity")
-    bias_std: float = _f(0.0, "standard deviation of the normal bias init (1000-layer tanh "
-                         "nets: 0.00448)", "sparsity")
+    gain: float = _f(1.0, f"initialization gain (1000-layer tanh nets: {DEEP_TANH_GAIN})",
+                     "sparsity")
+    bias_std: float = _f(0.0, f"standard deviation of the normal bias init (1000-layer tanh "
+                         f"nets: {DEEP_TANH_BIAS_STD})", "sparsity")
     exclude: list[str] = _f([], "layers kept dense: glob patterns over module or parameter "
                             "names", "sparsity")
     sparsify_options: list[str] = _f([], "extra options of the mask method or init scheme as "

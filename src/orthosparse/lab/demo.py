@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..paper import DEEP_TANH_BIAS_STD, DEEP_TANH_GAIN
 from .config import TrainConfig
 from .train import RunResult, train
 
@@ -71,10 +72,12 @@ def demo_config(init: str, *, out: str | Path = DEMO_DEFAULTS["out"],
                 lr: float = DEMO_DEFAULTS["lr"], seed: int = DEMO_DEFAULTS["seed"]
                 ) -> TrainConfig:
     """Return the demo's config for one initialization (uniform mask: every layer at
-    ``density``; SGD + Nesterov, batch 64, lr x0.1 at 50%/75%; gain 1.0247, bias std 0.00448)."""
+    ``density``; SGD + Nesterov, batch 64, lr x0.1 at 50%/75%; the deep-tanh gain and bias std
+    of :mod:`orthosparse.paper`)."""
     return TrainConfig(
         dataset="digits", model="mlp", depth=depth, width=width, activation="tanh",
-        density=density, mask="uniform", init=init, gain=1.0247, bias_std=0.00448,
+        density=density, mask="uniform", init=init, gain=DEEP_TANH_GAIN,
+        bias_std=DEEP_TANH_BIAS_STD,
         epochs=epochs, optimizer="sgd", lr=lr, momentum=0.9, nesterov=True, batch_size=64,
         weight_decay=1e-4, schedule="multistep", seed=seed, device="cpu", jacobian="init",
         jacobian_examples=32, out=str(out), name=f"demo-{init}", progress="none",

@@ -311,7 +311,7 @@ def inspect(config: TrainConfig, inits: Sequence[str] | str | None = None, *,
     Args:
         config: the resolved configuration (``resolve_config``); ``config.init`` is used when
             ``inits`` is None.
-        inits: init names to compare (:func:`orthosparse.sparsify.list_inits`), or one name.
+        inits: init names to compare (:func:`orthosparse.schemes.list_inits`), or one name.
         out: directory for ``inspect.json`` (everything returned) and the pictures: without
             ``densities``, ``singular_values.png`` (the spectra overlaid) and
             ``signal_propagation.png`` (norms versus depth); with ``densities``,

@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .._registry import Registry
+from ..paper import DEEP_TANH_BIAS_STD, DEEP_TANH_GAIN
 
 __all__ = ["Preset", "PRESETS", "PAPER_PROTOCOL", "get_preset", "list_presets", "SweepPreset",
            "SWEEPS", "PAPER_MASKS", "PAPER_INITS", "PAPER_SEEDS", "get_sweep", "list_sweeps"]
@@ -45,9 +46,8 @@ PAPER_PROTOCOL: Mapping[str, Any] = MappingProxyType({
     "val_fraction": 0.1,
 })
 
-# 1000-layer tanh networks sit at the edge of chaos with sigma_w^2 = 1.05, sigma_b^2 = 2e-5:
-# gain = sqrt(1.05) = 1.0247, bias_std = sqrt(2e-5) = 0.00448.
-_DEEP_TANH = {"activation": "tanh", "gain": 1.0247, "bias_std": 0.00448}
+# 1000-layer tanh networks sit at the edge of chaos (orthosparse.paper has the derivation).
+_DEEP_TANH = {"activation": "tanh", "gain": DEEP_TANH_GAIN, "bias_std": DEEP_TANH_BIAS_STD}
 
 PRESETS: Registry[Preset] = Registry("preset")
 
@@ -66,11 +66,12 @@ _add("mlp", "paper: MNIST, MLP 7 layers x 100, density 0.1 (paper also 0.05), ta
      dataset="mnist", model="mlp", depth=7, width=100, activation="tanh", density=0.1,
      epochs=100, lr=0.01, gain=1.0, bias_std=0.0, **PAPER_PROTOCOL)
 _add("mlp-1000", "paper: MNIST, MLP 1000 layers x 128, tanh, density 0.125, 100 epochs, lr 1e-4, "
-     "gain 1.0247 / bias_std 0.00448",
+     f"gain {DEEP_TANH_GAIN} / bias_std {DEEP_TANH_BIAS_STD}",
      dataset="mnist", model="mlp", depth=1000, width=128, density=0.125, epochs=100, lr=1e-4,
      **_DEEP_TANH, **PAPER_PROTOCOL)
 _add("cnn-1000", "paper: CIFAR-10, vanilla CNN 1000 layers x 128 channels (circular padding, no "
-     "BN/residuals), tanh, density 0.125, 100 epochs, lr 1e-4, gain 1.0247 / bias_std 0.00448",
+     f"BN/residuals), tanh, density 0.125, 100 epochs, lr 1e-4, gain {DEEP_TANH_GAIN} / bias_std "
+     f"{DEEP_TANH_BIAS_STD}",
      dataset="cifar10", model="vanilla-cnn", depth=1000, width=128, density=0.125, epochs=100,
      lr=1e-4, **_DEEP_TANH, **PAPER_PROTOCOL)
 _add("vgg16", "paper: CIFAR-10, VGG-16, density 0.1 (paper also 0.05), relu (paper also tanh, "
