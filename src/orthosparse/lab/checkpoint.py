@@ -16,10 +16,8 @@ Example:
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .._atomic import write_atomic
 
 __all__ = [
     "CheckpointError",
@@ -42,22 +42,8 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, corrupt or not in the expected format."""
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename: fsync the directory entry (a no-op where directories can't be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file in the same dir + fsync + ``os.replace``).
+    """Write ``state`` to ``path`` atomically (:func:`orthosparse._atomic.write_atomic`).
 
     If anything fails (an exception, a full disk, a kill before the rename) the previous file at
     ``path`` is untouched; a failed write removes its temporary file.
@@ -69,23 +55,7 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     Returns:
         The destination path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(dict(state), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return write_atomic(path, lambda fh: torch.save(dict(state), fh))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu"
