@@ -97,3 +97,18 @@ def test_no_module_imports_another_in_a_circle():
 def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_literal_name_aliases_are_their_registries():
+    """A ``Literal`` alias of names (for type checkers) lists exactly its registry's names."""
+    import typing
+
+    from orthosparse.data.loader import AUGMENTATIONS, Augment
+    from orthosparse.masks.registry import MASK_METHODS, MaskMethodName
+    from orthosparse.models._activations import ACTIVATIONS, Activation
+    from orthosparse.schemes import SCHEMES, SchemeName
+
+    pairs = [(SchemeName, SCHEMES), (MaskMethodName, MASK_METHODS), (Activation, ACTIVATIONS),
+             (Augment, AUGMENTATIONS)]
+    for alias, registry in pairs:
+        assert sorted(typing.get_args(alias)) == registry.names(), registry
