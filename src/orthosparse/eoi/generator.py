@@ -22,7 +22,13 @@ backends)). :func:`sparse_orthogonal` validates its arguments once into a
 :class:`orthosparse.eoi.problem.Problem`, picks a backend from the table in
 :mod:`orthosparse.eoi.backends` (``backend="auto"``: the compiled numba kernel when it loads,
 else the array passes) and copies the result into the requested dtype. The oracle, one rotation
-at a time, is :func:`orthosparse.eoi.reference.reference_sparse_orthogonal`.
+at a time, is :func:`orthosparse.eoi.reference.reference_sparse_orthogonal` (and
+``backend="reference"``).
+
+N:M structured EOI (``nm=(N, M)``, docs/nm.md) is the same rule on a different stream,
+:class:`orthosparse.eoi.nm.NMDraws`: pairs drawn only among columns of one class, so that every
+output row keeps at most ``N`` nonzeros in each group of ``M`` consecutive inputs. Every backend
+runs it unchanged.
 """
 
 from __future__ import annotations
@@ -31,10 +37,11 @@ import torch
 
 from .._checks import check_generator
 from .backends import Backend, select
+from .nm import NMDraws
 from .problem import Problem, make_problem
 from .stream import Draws
 
-__all__ = ["generate", "sparse_orthogonal"]
+__all__ = ["draws_for", "generate", "sparse_orthogonal"]
 
 
 def sparse_orthogonal(
@@ -48,6 +55,7 @@ def sparse_orthogonal(
     device: torch.device | str | None = None,
     batch: int | None = None,
     backend: str = "auto",
+    nm: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return an exactly orthogonal ``rows x cols`` matrix of the given density and its mask.
 
@@ -67,6 +75,10 @@ def sparse_orthogonal(
         batch: build this many independent matrices at once; outputs get a leading batch dim.
         backend: ``"auto"`` or a name from :func:`orthosparse.eoi.list_backends`; every backend
             gives the same mask and values equal up to rounding.
+        nm: ``(N, M)``: keep at most ``N`` nonzeros in every group of ``M`` consecutive inputs
+            (columns) of every row, e.g. ``(2, 4)`` for sparse tensor cores (docs/nm.md).
+            ``cols`` must be a multiple of ``M`` and ``density`` at most
+            :func:`orthosparse.eoi.nm.reachable_density` (``N/M`` when ``N`` divides ``M``).
 
     Returns:
         ``(weight, mask)``: ``weight`` of shape ``(rows, cols)`` (or ``(batch, rows, cols)``) and
@@ -74,17 +86,22 @@ def sparse_orthogonal(
 
     Raises:
         ValueError: density outside (0, 1] or NaN, non-positive sizes, non-finite gain, a
-            generator that is not on the CPU, an unknown backend.
-        TypeError: non-integer sizes, non-float dtype, generator of the wrong type.
+            generator that is not on the CPU, an unknown backend; with ``nm``: ``M < 2``, ``N``
+            outside ``[1, M)``, ``cols`` not a multiple of ``M``, an unreachable density.
+        TypeError: non-integer sizes, non-float dtype, generator of the wrong type, ``nm`` not
+            a pair of integers.
         RuntimeError: a backend named that cannot run here (``"compiled"`` without numba).
 
     Example:
         >>> w, m = sparse_orthogonal(256, 128, 0.1, generator=torch.Generator().manual_seed(0))
         >>> torch.allclose(w.T @ w, torch.eye(128), atol=1e-5)
         True
+        >>> w, m = sparse_orthogonal(64, 64, 0.5, nm=(2, 4))  # 2 of every 4 inputs per row
+        >>> bool((m.reshape(64, 16, 4).sum(-1) <= 2).all())
+        True
     """
     problem = make_problem(rows, cols, density, gain=gain, dtype=dtype, device=device,
-                           batch=batch, stacklevel=2)
+                           batch=batch, nm=nm, stacklevel=2)
     generator = check_generator(generator)
     _, chosen = select(backend, problem.device)
     with torch.no_grad():
@@ -101,5 +118,12 @@ def generate(problem: Problem, generator: torch.Generator | None, backend: Backe
     ``problem.compute_dtype`` and may be a (transposed) view of a working buffer: copy it into
     its destination (:func:`orthosparse.init.eoi_group_` copies it into the caller's weights).
     """
-    draws = Draws(problem.n_mat, problem.c, problem.density, generator)
-    return backend.build(problem, draws)
+    return backend.build(problem, draws_for(problem, generator))
+
+
+def draws_for(problem: Problem, generator: torch.Generator | None) -> Draws:
+    """The random stream of ``problem``: EOI's :class:`Draws`, or :class:`NMDraws` with ``nm``."""
+    if problem.nm is not None:
+        return NMDraws(problem.n_mat, problem.rows, problem.cols, problem.density, problem.nm,
+                       generator)
+    return Draws(problem.n_mat, problem.c, problem.density, generator)

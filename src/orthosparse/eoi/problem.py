@@ -1,7 +1,8 @@
 """One EOI request, validated once at the public boundary and handed to a backend as is.
 
 Every backend (:mod:`orthosparse.eoi.backends`) receives a :class:`Problem` and the random stream
-(:class:`orthosparse.eoi.stream.Draws`); it never validates again.
+(:class:`orthosparse.eoi.stream.Draws`, or :class:`orthosparse.eoi.nm.NMDraws` for an N:M
+problem); it never validates again.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_density, check_float_dtype, check_positive_int
+from .nm import check_nm_problem
 
 __all__ = ["Problem", "make_problem"]
 
@@ -23,6 +25,8 @@ class Problem:
 
     ``dtype`` is the dtype the caller gets; backends compute in :attr:`compute_dtype` and the
     generator casts. ``batch`` is None for a single matrix (no leading batch dim in the output).
+    ``nm`` is ``(N, M)`` for N:M structured EOI (docs/nm.md), None for plain EOI; backends do
+    not read it (the stream carries it).
     """
 
     rows: int
@@ -32,6 +36,7 @@ class Problem:
     dtype: torch.dtype
     device: torch.device
     batch: int | None
+    nm: tuple[int, int] | None = None
 
     @property
     def r(self) -> int:
@@ -73,6 +78,7 @@ def make_problem(
     dtype: object = torch.float32,
     device: torch.device | str | None = None,
     batch: object = None,
+    nm: object = None,
     stacklevel: int = 2,
 ) -> Problem:
     """Validate an EOI request and return it as a :class:`Problem`.
@@ -80,9 +86,14 @@ def make_problem(
     A density below ``1/max(rows, cols)`` (the sparsest exact orthogonal matrix) is legal: it
     warns, with ``stacklevel`` counted from the caller of this function, and builds that matrix.
 
+    ``nm=(N, M)`` asks for N:M structured EOI (docs/nm.md), validated by
+    :func:`orthosparse.eoi.nm.check_nm_problem`.
+
     Raises:
-        ValueError: density outside (0, 1] or NaN, non-positive sizes or batch, non-finite gain.
-        TypeError: non-integer sizes, non-float dtype.
+        ValueError: density outside (0, 1] or NaN, non-positive sizes or batch, non-finite gain;
+            with ``nm``: ``M < 2``, ``N`` outside ``[1, M)``, ``cols`` not a multiple of ``M``,
+            a density above the reachable one.
+        TypeError: non-integer sizes, non-float dtype, ``nm`` not a pair of integers.
     """
     rows = check_positive_int(rows, "rows")
     cols = check_positive_int(cols, "cols")
@@ -93,6 +104,8 @@ def make_problem(
     if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not math.isfinite(gain):
         raise ValueError(f"gain={gain!r} must be a finite real number")
     device = torch.device(device) if device is not None else torch.device("cpu")
+    if nm is not None:
+        nm = check_nm_problem(rows, cols, density, nm)
     c = max(rows, cols)
     if density < 1.0 / c:
         warnings.warn(
@@ -100,4 +113,4 @@ def make_problem(
             f"returning density 1/{c}={1.0 / c:.6g} instead",
             stacklevel=stacklevel + 1,
         )
-    return Problem(rows, cols, density, float(gain), dtype, device, batch)
+    return Problem(rows, cols, density, float(gain), dtype, device, batch, nm)
