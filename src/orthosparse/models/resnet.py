@@ -69,8 +69,11 @@ class CIFARResNet(nn.Module):
     blocks with 16, 32, 64 channels (the first block of stages 2 and 3 has stride 2), global
     average pooling and a Linear ``head``: ``depth = 6n + 2`` weight layers (20, 32, 44, 56, 110).
 
-    Shortcuts where the shape changes: ``"A"`` (the paper's CIFAR choice) subsamples and pads
-    the extra channels with zeros, no parameters; ``"B"`` uses a 1x1 conv projection + BN.
+    Shortcuts where the shape changes: ``"A"`` (He et al.'s CIFAR choice, the default)
+    subsamples and pads the extra channels with zeros, no parameters; ``"B"`` uses a 1x1 conv
+    with stride 2 and a BatchNorm (no bias), the shortcut of the official code of `Sparser,
+    Better, Deeper, Stronger` - Nowak et al. (2024), arXiv 2406.01755 (docs/protocol.md), which
+    adds two prunable 1x1 convs (``layer2.0.shortcut.0``, ``layer3.0.shortcut.0``).
     Identity everywhere else.
 
     Args:
