@@ -30,7 +30,7 @@ def load_digits(
     remain for train + val with the default 0.2 (1,294 train, 144 val).
 
     Raises:
-        ImportError: scikit-learn is not installed.
+        ImportError: scikit-learn is not installed or fails to import (the ``data`` extra).
 
     Example:
         >>> splits = load_digits()
@@ -39,9 +39,12 @@ def load_digits(
     """
     try:
         from sklearn.datasets import load_digits as sk_load_digits
-    except ImportError as exc:
-        raise ImportError("dataset 'digits' needs scikit-learn (pip install scikit-learn)"
-                          ) from exc
+    except Exception as exc:  # not only ImportError: a broken install raises anything
+        raise ImportError(
+            f"dataset 'digits' needs scikit-learn, which failed to import ({type(exc).__name__}: "
+            f"{exc}); install the data extra: pip install 'orthosparse[data]' (or pip install "
+            f"scikit-learn)"
+        ) from exc
     bunch = sk_load_digits()
     images = torch.as_tensor(bunch.data, dtype=torch.float32).reshape(-1, 1, 8, 8)  # (1797,1,8,8)
     labels = torch.as_tensor(bunch.target, dtype=torch.int64)  # (1797,)

@@ -26,9 +26,12 @@ _SUFFIXES = {".jpeg", ".jpg", ".png"}
 def _read_images(paths: list[Path]) -> torch.Tensor:
     try:
         from PIL import Image
-    except ImportError as exc:
-        raise ImportError("tiny-imagenet needs Pillow to decode the images (pip install pillow)"
-                          ) from exc
+    except Exception as exc:  # not only ImportError: a broken install raises anything
+        raise ImportError(
+            f"tiny-imagenet needs Pillow to decode the images, which failed to import "
+            f"({type(exc).__name__}: {exc}); install the data extra: pip install "
+            f"'orthosparse[data]' (or pip install pillow)"
+        ) from exc
     arrays = []
     for path in paths:
         try:
@@ -127,7 +130,7 @@ def load_tiny_imagenet(
     Raises:
         ValueError: ``root`` is None, an undecodable image, a bad annotation line (names it).
         FileNotFoundError: missing ``root``, folder or annotation file.
-        ImportError: Pillow is not installed.
+        ImportError: Pillow is not installed or fails to import (the ``data`` extra).
     """
     if not isinstance(cache, bool):
         raise TypeError(f"tiny-imagenet: cache={cache!r} must be True or False")
