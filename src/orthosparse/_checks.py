@@ -8,7 +8,7 @@ import numbers
 import torch
 
 __all__ = ["check_density", "check_positive_int", "check_generator", "check_float_dtype",
-           "density_off_target", "keep_count"]
+           "check_gain", "check_device", "check_not_meta", "density_off_target", "keep_count"]
 
 
 def check_density(density: object, name: str = "density") -> float:
@@ -20,6 +20,61 @@ def check_density(density: object, name: str = "density") -> float:
     if math.isnan(value) or not 0.0 < value <= 1.0:
         raise ValueError(f"{name}={density} must be in (0, 1]")
     return value
+
+
+def check_gain(gain: object, name: str = "gain") -> float:
+    """Return ``gain`` as a float: a finite real number > 0; raise ``TypeError``/``ValueError``.
+
+    The one gain rule of every entry point (``eoi_``, ``orthogonal_``, ``sparse_orthogonal``,
+    ``sparsify``, the lab config). numpy scalars (``np.float32(2.0)``) are accepted; ``bool`` is
+    refused (``True`` is not a scale).
+    """
+    if isinstance(gain, bool) or not isinstance(gain, numbers.Real):  # np.bool_ is not Real
+        raise TypeError(f"{name} must be a real number, got {type(gain).__name__}: {gain!r}")
+    value = float(gain)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"{name}={value} must be a finite number > 0")
+    return value
+
+
+def check_device(device: object, name: str = "device") -> torch.device:
+    """Return ``device`` (a name or ``torch.device``; ``None`` is the CPU) as a usable device.
+
+    Raises:
+        TypeError: not a string, ``torch.device`` or ``None``.
+        ValueError: a malformed name, a CUDA device when CUDA is not available (or an index
+            past the visible GPUs), or the ``meta`` device (it holds no values to build from).
+    """
+    if device is None:
+        return torch.device("cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{name} must be a device name (cpu, cuda, cuda:1, ...) or a "
+                        f"torch.device, got {type(device).__name__}: {device!r}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"{name}={device!r} is not a device name (cpu, cuda, cuda:1, ...): "
+                         f"{str(err).splitlines()[0]}") from None
+    if dev.type == "meta":
+        raise ValueError(f"{name}={device!r}: meta tensors hold no values; build the weights "
+                         f"on a real device (cpu, cuda)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={device!r} but CUDA is not available here (torch "
+                             f"{torch.__version__}); use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={device!r} but only {torch.cuda.device_count()} CUDA "
+                             f"device(s) are visible (cuda:0 ... "
+                             f"cuda:{torch.cuda.device_count() - 1})")
+    return dev
+
+
+def check_not_meta(tensor: torch.Tensor, fn: str) -> None:
+    """Refuse a ``meta`` tensor (no storage, so nothing to fill or to build a mask from)."""
+    if tensor.is_meta:
+        raise ValueError(f"{fn} cannot fill a meta tensor (shape {tuple(tensor.shape)}, no "
+                         f"storage); materialize the module first, e.g. model.to_empty("
+                         f"device='cpu'), then initialize it")
 
 
 def keep_count(density: float, numel: int) -> int:

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ._checks import check_density, check_generator, keep_count
+from ._checks import check_density, check_gain, check_generator, check_not_meta, keep_count
 from .eoi.backends import select
 from .eoi.generator import generate
 from .eoi.problem import make_problem
@@ -44,6 +44,7 @@ def _check_weight(tensor: torch.Tensor, fn: str) -> bool:
         raise TypeError(f"{fn} expects a torch.Tensor, got {type(tensor).__name__}")
     if not tensor.dtype.is_floating_point:
         raise TypeError(f"{fn} needs a floating-point tensor, got dtype {tensor.dtype}")
+    check_not_meta(tensor, fn)
     if tensor.dim() < 2 or tensor.dim() > 5:
         raise ValueError(
             f"{fn} needs a 2-D Linear weight (out, in) or a 3-5-D Conv1d/2d/3d weight "
@@ -264,6 +265,7 @@ def eoi_(
     if not _check_weight(tensor, "eoi_"):
         return torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
     density = check_density(density)
+    gain = check_gain(gain)
     return _fill_group([tensor], density, gain, check_generator(generator), center_density,
                        backend)[0]
 
@@ -301,6 +303,7 @@ def eoi_group_(
     if not _check_weight(first, "eoi_group_"):
         return [torch.zeros(t.shape, dtype=torch.bool, device=t.device) for t in tensors]
     density = check_density(density)
+    gain = check_gain(gain)
     return _fill_group(tensors, density, gain, check_generator(generator), center_density,
                        backend)
 
@@ -320,6 +323,7 @@ def orthogonal_(
     """
     if not _check_weight(tensor, "orthogonal_"):
         return tensor
+    gain = check_gain(gain)
     generator = check_generator(generator)
     matrix = torch.empty(tensor.shape[0], tensor.shape[1], dtype=_compute_dtype(tensor.dtype))
     torch.nn.init.orthogonal_(matrix, gain=gain, generator=generator)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_generator
+from ._checks import check_gain, check_generator
 from ._layers import prunable_layers
 from .masks.compute import check_method_density, densities_for, get_mask_method, masks_for
 from .schemes import SchemeName, check_scheme_arguments, get_scheme, run_scheme
@@ -128,9 +128,13 @@ def sparsify(
     generator = check_generator(generator)
     scheme = get_scheme(init)
     to_mask, to_init = _route(options, mask, method.options, init, scheme.options)
+    check_gain(gain)  # the one gain rule of every entry point (orthosparse._checks)
     gain, bias_std = check_scheme_arguments(scheme, gain, bias_std, to_init)
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    if not isinstance(exclude, (str, type, Iterable)):
+        raise TypeError(f"exclude must be a glob pattern, a module type or an iterable of them, "
+                        f"got {type(exclude).__name__}: {exclude!r}")
     exclude = (exclude,) if isinstance(exclude, (str, type)) else tuple(exclude)
     everything = prunable_layers(model)
     layers = prunable_layers(model, exclude)

@@ -7,13 +7,18 @@ problem); it never validates again.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_density, check_float_dtype, check_positive_int
+from .._checks import (
+    check_density,
+    check_device,
+    check_float_dtype,
+    check_gain,
+    check_positive_int,
+)
 from .nm import check_nm_problem
 
 __all__ = ["Problem", "make_problem"]
@@ -101,9 +106,8 @@ def make_problem(
     dtype = check_float_dtype(dtype)
     if batch is not None:
         batch = check_positive_int(batch, "batch")
-    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not math.isfinite(gain):
-        raise ValueError(f"gain={gain!r} must be a finite real number")
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    gain = check_gain(gain)  # the one gain rule: a finite real > 0 (numpy scalars too)
+    device = check_device(device)  # None: the CPU; refuses cuda without CUDA, and meta
     if nm is not None:
         nm = check_nm_problem(rows, cols, density, nm)
     c = max(rows, cols)
