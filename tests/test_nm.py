@@ -302,3 +302,36 @@ def test_cpu_and_cuda_agree(rows, cols, density, nm):
     assert w_gpu.device.type == "cuda"
     assert torch.equal(m_cpu, m_gpu.cpu())
     torch.testing.assert_close(w_gpu.cpu(), w_cpu, atol=1e-6, rtol=0)
+
+
+def _chain_mean_density(c, c_k, pairs, t_max):
+    """E[K_t]/c for a row of a class of ``c_k`` columns: K -> K+1 w.p. 2K(c_k-K)/P per draw,
+    ``P`` the ordered same-class pairs of all classes (the draw is in this class w.p.
+    c_k(c_k-1)/P, then grows K w.p. 2K(c_k-K)/(c_k(c_k-1)), as in EOI)."""
+    p = np.zeros(c_k + 1)
+    p[1] = 1.0
+    k = np.arange(c_k + 1)
+    up = 2.0 * k * (c_k - k) / pairs
+    means = [1.0 / c]
+    for _ in range(t_max):
+        moved = p * up
+        p = p - moved
+        p[1:] += moved[:-1]
+        means.append(float((p * k).sum()) / c)
+    return np.array(means)
+
+
+@pytest.mark.parametrize("c,density,nm", [(64, 0.25, (2, 4)), (64, 0.4, (2, 4)),
+                                          (96, 0.1, (1, 8))])
+def test_rotation_count_matches_the_per_class_markov_chain(c, density, nm):
+    from orthosparse.eoi import arrays
+
+    c_k = c * nm[0] // nm[1]
+    pairs = (nm[1] // nm[0]) * c_k * (c_k - 1)
+    means = _chain_mean_density(c, c_k, pairs, 40 * c)
+    t_chain = int(np.argmax(means >= density))
+    draws = NMDraws(300, c, c, density, nm, gen(123))
+    kept, _ = arrays._stop_points(300, c, c, density * c * c, draws, torch.device("cpu"))
+    assert abs(kept.mean() / t_chain - 1.0) < 0.03
+    # the mean-field estimate that sizes the first chunk is of the right size
+    assert 0.8 < draws._expected_rotations(density) / t_chain < 1.05
