@@ -69,9 +69,9 @@ def class_sizes(n: int, m: int) -> tuple[int, ...]:
 
 def _apportion(total: int, sizes: tuple[int, ...]) -> np.ndarray:
     """Split ``total`` in proportion to ``sizes`` (largest remainder, ties to the lower index)."""
-    share = [total * s / sum(sizes) for s in sizes]
-    out = np.array([math.floor(x) for x in share], dtype=np.int64)
-    order = sorted(range(len(sizes)), key=lambda k: (-(share[k] - out[k]), k))
+    whole = sum(sizes)
+    out = np.array([total * s // whole for s in sizes], dtype=np.int64)  # exact integers
+    order = sorted(range(len(sizes)), key=lambda k: (-(total * sizes[k] % whole), k))
     out[order[: total - int(out.sum())]] += 1
     return out
 
