@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fractions
 import os
 import random
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from orthosparse._atomic import AtomicWriteError, write_atomic
 from orthosparse.lab.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -17,6 +19,7 @@ from orthosparse.lab.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from orthosparse.lab.runs import write_json, write_metrics
 
 
 def test_round_trip_with_weights_only(tmp_path):
@@ -120,3 +123,59 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
 def test_malformed_rng_entry_is_a_checkpoint_error():
     with pytest.raises(CheckpointError, match="malformed random-state entry"):
         set_rng_state({"torch": torch.get_rng_state()})
+
+
+# --------------------------------------------------------------------------- issue 16: writes
+
+
+class _FullDisk:
+    """A file object whose writes fail like a full disk (torch.save wraps that error)."""
+
+    def __init__(self, fh):
+        self.fh, self.written = fh, 0
+
+    def write(self, data):
+        self.written += len(data)
+        if self.written > 1000:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.fh.write(data)
+
+    def flush(self):
+        self.fh.flush()
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_old_checkpoint_stays(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"epoch": 1})
+    big = {"w": torch.zeros(10_000)}
+    with pytest.raises(AtomicWriteError) as info:
+        write_atomic(path, lambda fh: torch.save(big, _FullDisk(fh)))
+    message = str(info.value)
+    assert "\n" not in message and info.value.errno == errno.ENOSPC
+    assert "[Errno 28] No space left on device" in message  # not torch's "unexpected pos"
+    assert repr(str(path)) in message and "is kept unchanged" in message
+    assert load_checkpoint(path) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("name", ["config.json", "final.json", "metrics.jsonl", "metrics.csv"])
+def test_a_link_planted_at_a_temp_name_is_not_followed(tmp_path, name):
+    run_dir, outside = tmp_path / "run", tmp_path / "outside.txt"
+    run_dir.mkdir()
+    outside.write_text("precious")
+    (run_dir / f".{name}.tmp").symlink_to(outside)  # the fixed temp names written before
+    (run_dir / name).symlink_to(outside)  # and the destination itself
+    if name.startswith("metrics"):
+        write_metrics(run_dir, [{"epoch": 1, "train_loss": 0.5}])
+    else:
+        write_json(run_dir / name, {"status": "finished"})
+    assert outside.read_text() == "precious"
+    assert not (run_dir / name).is_symlink() and (run_dir / name).stat().st_size > 0
+    assert os.path.islink(run_dir / f".{name}.tmp")  # left alone (removed at the next start)
+
+
+def test_a_directory_at_the_destination_is_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint.pt").mkdir()
+    with pytest.raises(AtomicWriteError, match=r"checkpoint.pt'.*Is a directory"):
+        save_checkpoint(tmp_path / "checkpoint.pt", {"epoch": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

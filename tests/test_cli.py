@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import orthosparse
 import orthosparse.lab
 from orthosparse.lab.cli import COMMANDS
 from orthosparse.lab.config import config_fields, resolve_config
@@ -44,12 +46,86 @@ def test_cli_is_the_only_module_that_imports_argparse_or_the_cli():
     assert sorted(COMMANDS) == ["demo", "inspect", "presets", "report", "sweep", "train"]
 
 
-def test_no_arguments_prints_help_and_suggests_the_demo(cli, capsys):
-    code, out, _ = cli()
-    assert code == 0
-    assert "Try `orthosparse demo`" in out
+def test_no_arguments_prints_usage_and_exits_2(cli, capsys):
+    code, out, err = cli()
+    assert code == 2 and out == ""  # a bare command is a usage error, not a success
+    assert "a command is required. Try `orthosparse demo`" in err
     for command in ("train", "demo", "presets"):
-        assert command in out
+        assert command in err
+    assert "Exit codes: 0 done; 1 a run diverged" in err
+
+
+def test_version(cli, capsys):
+    code, out, _ = cli("--version")
+    assert code == 0 and out.strip() == f"orthosparse {orthosparse.__version__}"
+
+
+@pytest.mark.parametrize("argv", [["presets"], ["presets", "mlp"],
+                                  ["train", "--preset", "mlp", "--dry-run"]])
+def test_a_closed_output_pipe_is_quiet(argv):
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written (`| head` that ended)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "orthosparse", *argv], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141, proc.stderr  # 128 + SIGPIPE, as if killed by it
+    assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("seed", ["-1", "9223372036854775808", "99999999999999999999999"])
+def test_seed_out_of_range_is_refused_even_in_a_dry_run(cli, capsys, seed):
+    code, out, err = cli("train", "--seed", seed, "--dry-run")
+    assert code == 2 and out == ""
+    assert f"seed={seed} must be an integer in [0, 2**63 - 1]" in err
+    assert cli("train", "--seed", str(2**63 - 1), "--dry-run")[0] == 0
+
+
+def test_corrupt_run_files_and_configs_name_the_file(cli, capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text('{"lr": 0.1,')
+    code, _, err = cli("train", "--resume", str(run_dir))
+    assert code == 2 and f"{str(run_dir / 'config.json')!r} is corrupt" in err
+    toml = tmp_path / "latin1.toml"
+    toml.write_bytes("lr = 0.1  # caf\xe9\n".encode("latin-1"))
+    code, _, err = cli("train", "--config", str(toml), "--dry-run")
+    assert code == 2 and f"config file {str(toml)!r} is not UTF-8" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("case", ["file", "sys", "checkpoint-folder"])
+def test_an_unusable_out_is_one_line_before_training(cli, capsys, tmp_path, case):
+    if case == "file":
+        out = tmp_path / "a-file"
+        out.write_text("x")
+        expected = "is a file, not a folder"
+    elif case == "sys":
+        out = Path("/sys/orthosparse-test")
+        if not Path("/sys").is_dir():
+            pytest.skip("no /sys here (not Linux)")
+        expected = "cannot create the run folder '/sys/orthosparse-test"
+    else:
+        out = tmp_path / "out"
+        cfg_dir = Path(cli("train", *TINY_FLAGS, "--out", str(out), "--dry-run")[1]
+                       .splitlines()[0].split(": ", 1)[1])
+        (cfg_dir / "checkpoint.pt").mkdir(parents=True)
+        expected = "checkpoint.pt' is not a file but the run writes its checkpoint.pt there"
+    code, stdout, err = cli("train", *TINY_FLAGS, "--out", str(out))
+    assert code == 2, err
+    assert expected in err and len(err.strip().splitlines()) == 1, err
+    assert "epoch 1/2" not in stdout  # nothing was trained
+
+
+def test_device_cuda_without_cuda_is_one_line(cli, capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    code, _, err = cli("train", *TINY_FLAGS[:-5], "--device", "cuda", "--progress", "none",
+                       "--out", str(tmp_path))
+    assert code == 2 and "device='cuda' but CUDA is not available" in err
 
 
 def test_train_help_documents_every_config_field(cli, capsys):

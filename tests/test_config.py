@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -300,3 +301,32 @@ def test_scoped_sparsify_options_apply_to_their_init_or_mask_only():
         check_names(resolve_config(None, None, {"sparsify_options": ["soa:fallback=true"]}))
     with pytest.raises(ValueError, match="sets 'fallback' twice"):
         resolve_config(None, None, {"sparsify_options": ["sao:fallback=true", "fallback=false"]})
+
+
+# --------------------------------------------------------------------------- issue 16
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 10**23])
+def test_seeds_outside_0_to_2_63_are_refused(seed):
+    with pytest.raises(ValueError, match=rf"seed={seed} must be an integer in \[0, 2\*\*63 - 1\]"):
+        TrainConfig(seed=seed)
+    assert TrainConfig(seed=2**63 - 1).seed == 2**63 - 1
+
+
+@pytest.mark.parametrize("gain, error, message", [
+    (0.0, ValueError, "gain=0.0 must be a finite number > 0"),
+    (float("nan"), ValueError, "gain=nan must be a finite number > 0"),
+    (float("inf"), ValueError, "gain=inf must be a finite number > 0"),
+    (True, TypeError, "gain=True must be a number"),
+])
+def test_the_config_gain_follows_the_core_rule(gain, error, message):
+    with pytest.raises(error, match=message):
+        TrainConfig(gain=gain)
+
+
+def test_a_toml_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("name = 'caf\xe9'\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"config file '{re.escape(str(path))}' is not UTF-8 "
+                                         rf"text .* byte b'\\xe9' at offset 11"):
+        resolve_config(config_file=path)

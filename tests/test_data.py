@@ -6,6 +6,8 @@ import gzip
 import importlib.util
 import pickle
 import struct
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -714,3 +716,50 @@ def test_loader_errors():
         make_loader(ds, 2, shuffle=True, generator=0)
     with pytest.raises(TypeError, match="shuffle must be True or False"):
         make_loader(ds, 2, shuffle=1)
+
+
+# ----------------------------------------------------------------------------- issue 16
+
+
+def _gzip_stream(header: bytes, zeros: int) -> bytes:
+    """``header`` then ``zeros`` zero bytes, gzip-compressed chunk by chunk (a small bomb)."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip container
+    parts = [comp.compress(header)]
+    chunk = bytes(1 << 20)
+    for _ in range(zeros >> 20):
+        parts.append(comp.compress(chunk))
+    parts.append(comp.flush())
+    return b"".join(parts)
+
+
+def test_a_gzip_bomb_is_refused_after_the_size_its_header_gives(tmp_path):
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">III", 10, 28, 28)  # 7,840 data bytes
+    bomb = tmp_path / "t10k-images-idx3-ubyte.gz"
+    bomb.write_bytes(_gzip_stream(header, 64 << 20))  # 64 MiB of zeros in ~64 KiB
+    assert bomb.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"shape \(10, 28, 28\) of uint8 \(7840 data "
+                                             r"bytes\), found more data after them"):
+            read_idx(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20  # never the 64 MiB: the stream stops one byte past the header's size
+
+
+def test_a_header_claiming_more_than_the_gzip_file_can_hold_is_refused_at_once(tmp_path):
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">III", 60_000_000, 28, 28)  # 47 GB
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(header + bytes(1000)))
+    with pytest.raises(ValueError, match=r"more than a \d+-byte gzip file can hold"):
+        read_idx(path)
+
+
+def test_the_test_only_split_hint_is_written_in_cli_syntax(tmp_path):
+    _write_mnist(tmp_path)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (tmp_path / name).unlink()
+    with pytest.raises(FileNotFoundError,
+                       match="on the command line --data-options test_only_split=true"):
+        load_dataset("mnist", root=tmp_path)

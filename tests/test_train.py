@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import orthosparse.lab.train as train_module
-from orthosparse.lab.checkpoint import CheckpointError, load_checkpoint
+from orthosparse.lab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from orthosparse.lab.config import TrainConfig, config_from_dict
 from orthosparse.lab.experiment import build_model
+from orthosparse.lab.runs import RunDirError, RunFileError, RunLockedError, load_run, try_lock
 from orthosparse.lab.train import RunExistsError, lr_factor, train
 
 # 96 train examples (86 after the 10% validation hold-out), batch 16: 6 steps per epoch.
@@ -273,3 +275,135 @@ def test_cuda_mixed_precision_trains_keeps_masks_and_resumes(tmp_path, precision
     resumed = train(cfg, resume=True)
     assert_same_weights(resumed.model, straight.model)
     assert strip_time(resumed.history) == strip_time(straight.history)
+
+
+# --------------------------------------------------------------------------- issue 16
+
+
+def test_a_truncated_or_empty_final_json_names_the_file(tmp_path):
+    cfg = tiny(tmp_path, epochs=1)
+    train(cfg)
+    final = cfg.run_dir() / "final.json"
+    final.write_text('{"status": "fin')
+    with pytest.raises(RunFileError, match=r"final.json' is corrupt"):
+        load_run(cfg.run_dir())
+    final.write_text("{}")
+    with pytest.raises(RunFileError, match=r"final.json' is not a result orthosparse wrote"):
+        load_run(cfg.run_dir())
+    # without --resume: the error names the file and says how to rebuild it
+    with pytest.raises(RunExistsError, match=r"final.json.*pass --resume to rebuild"):
+        train(cfg)
+
+
+@pytest.mark.parametrize("broken", ["final.json", "metrics.jsonl"])
+def test_a_corrupt_result_with_a_complete_checkpoint_is_rebuilt_by_resume(tmp_path, broken):
+    cfg = tiny(tmp_path)
+    straight = train(cfg)
+    (cfg.run_dir() / broken).write_bytes(b'{"epoch": 1, "train_lo\xff')
+    result = train(cfg, resume=True)
+    assert not result.skipped and result.status == "finished"
+    assert result.final["test_acc"] == straight.final["test_acc"]
+    assert strip_time(load_run(cfg.run_dir()).history) == strip_time(straight.history)
+    assert "could not be read back" in (cfg.run_dir() / "train.log").read_text()
+
+
+def test_a_corrupt_config_json_names_the_file(tmp_path):
+    cfg = tiny(tmp_path, epochs=1)
+    train(cfg)
+    (cfg.run_dir() / "config.json").write_text("{not json")
+    with pytest.raises(RunFileError, match=r"config.json' is corrupt"):
+        train(cfg)
+    with pytest.raises(RunFileError, match=r"config.json' is corrupt"):
+        load_run(cfg.run_dir())
+
+
+def test_a_checkpoint_of_another_version_is_refused(tmp_path):
+    cfg = tiny(tmp_path)
+    train(cfg, stop_after=3)
+    path = cfg.run_dir() / "checkpoint.pt"
+    state = load_checkpoint(path)
+    save_checkpoint(path, {**state, "version": 99})
+    with pytest.raises(CheckpointError, match=r"has version 99; this orthosparse reads version 1"):
+        train(cfg, resume=True)
+
+
+@pytest.mark.parametrize("where", ["model", "stored"])
+def test_a_checkpoint_whose_masks_were_swapped_is_refused(tmp_path, where):
+    cfg = tiny(tmp_path)
+    train(cfg, stop_after=3)
+    path = cfg.run_dir() / "checkpoint.pt"
+    state = load_checkpoint(path)
+    expected = state["mask_checksum"]
+    if where == "model":  # every mask all-True: the run would train a denser network
+        state["model"] = {k: torch.ones_like(v) if k.endswith("_mask") else v
+                          for k, v in state["model"].items()}
+    else:
+        state["mask_checksum"] = "0" * 64
+    save_checkpoint(path, state)
+    with pytest.raises(CheckpointError, match=rf"holds masks with checksum (?!{expected[:16]})"
+                                              rf"\w{{16}}, but this run's masks have checksum "
+                                              rf"{expected[:16]} \(expected\)"):
+        train(cfg, resume=True)
+    assert not (cfg.run_dir() / "final.json").exists()
+
+
+def test_stale_temp_files_are_removed_at_the_next_start(tmp_path):
+    cfg = tiny(tmp_path)
+    train(cfg, stop_after=3)
+    run_dir = cfg.run_dir()
+    stale = [".checkpoint.pt.k1ll3d_9.tmp", ".metrics.jsonl.tmp", ".config.json.abcd1234.tmp"]
+    for name in stale:
+        (run_dir / name).write_bytes(b"x" * 1000)
+    (run_dir / ".someone-elses.tmp").write_text("kept")  # not a name orthosparse writes
+    train(cfg, resume=True)
+    left = {p.name for p in run_dir.iterdir()}
+    assert not left & set(stale) and ".someone-elses.tmp" in left
+    assert "removed 3 temporary file(s)" in (run_dir / "train.log").read_text()
+
+
+def test_a_run_locked_by_another_process_is_refused_naming_the_holder(tmp_path):
+    cfg = tiny(tmp_path)
+    run_dir = cfg.run_dir()
+    run_dir.mkdir(parents=True)
+    fd = try_lock(run_dir)  # another holder: flock conflicts across open files
+    if fd is None:
+        pytest.skip("no fcntl.flock here (Windows): runs are not locked")
+    try:
+        with pytest.raises(RunLockedError, match=rf"being trained by another process \(pid "
+                                                 rf"{os.getpid()} on host \S+ since"):
+            train(cfg)
+        assert not (run_dir / "metrics.jsonl").exists()
+    finally:
+        os.close(fd)
+    assert train(cfg).status == "finished"  # released: the next start trains
+
+
+@pytest.mark.parametrize("case", ["folder-at-checkpoint", "out-is-a-file", "link-at-log"])
+def test_an_unusable_run_folder_is_refused_before_training(tmp_path, case):
+    cfg = tiny(tmp_path / "out")
+    run_dir = cfg.run_dir()
+    if case == "out-is-a-file":
+        (tmp_path / "out").write_text("a file")
+        message = r"cannot create the run folder .*out. is a file, not a folder"
+    else:
+        run_dir.mkdir(parents=True)
+        if case == "folder-at-checkpoint":
+            (run_dir / "checkpoint.pt").mkdir()
+            message = r"checkpoint.pt' is not a file but the run writes its checkpoint.pt there"
+        else:
+            (tmp_path / "elsewhere.log").write_text("precious")
+            (run_dir / "train.log").symlink_to(tmp_path / "elsewhere.log")
+            message = r"train.log' is a symbolic link; orthosparse never writes through links"
+    with pytest.raises(RunDirError, match=message):
+        train(cfg)
+    if case != "out-is-a-file":
+        assert not (run_dir / "metrics.jsonl").exists()
+    if case == "link-at-log":
+        assert (tmp_path / "elsewhere.log").read_text() == "precious"
+
+
+def test_device_cuda_without_cuda_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match=r"device='cuda' but CUDA is not available"):
+        train(tiny(tmp_path, device="cuda"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -28,14 +29,39 @@ _FILES = {
 }
 
 
-def _read_bytes(path: Path) -> bytes:
-    if path.suffix == ".gz":
-        try:
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ValueError(f"corrupt gzip file {path}: {exc}") from exc
-    return path.read_bytes()
+# Deflate cannot compress better than about 1032:1, so a .gz file of n bytes holds at most
+# ~1032 n bytes of data; a header claiming more is refused before decompressing anything.
+_MAX_GZIP_RATIO = 1100
+_CHUNK = 1 << 20
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+
+
+def _read_exact(fh, count: int, path: Path, what: str) -> bytearray:
+    """Read exactly ``count`` bytes (decompressing at most that many), in 1 MiB chunks."""
+    out = bytearray(count)
+    view = memoryview(out)
+    done = 0
+    try:
+        while done < count:
+            n = fh.readinto(view[done:done + min(_CHUNK, count - done)])
+            if not n:
+                break
+            done += n
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"corrupt gzip file {path}: {exc}") from exc
+    if done < count:
+        raise ValueError(f"corrupt IDX file {path}: {what} needs {count} bytes, found {done}")
+    return out
+
+
+def _read_some(fh, count: int, path: Path) -> bytes:
+    try:
+        return fh.read(count)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"corrupt gzip file {path}: {exc}") from exc
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -43,6 +69,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
     The header must start with two zero bytes, a known type byte (0x08 uint8 ... 0x0E float64)
     and ndim >= 1; the data must be exactly ``prod(sizes) * itemsize`` bytes (no more, no less).
+    A ``.gz`` file is decompressed as a stream: never more than the size its header gives plus
+    one byte (a gzip bomb stops there), and a header claiming more data than the compressed
+    file can hold is refused before any data is decompressed.
 
     Args:
         path: the file.
@@ -58,27 +87,38 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IDX file {path} does not exist")
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise ValueError(f"corrupt IDX file {path}: {len(data)} bytes, shorter than the 4-byte "
-                         f"magic number")
-    zero0, zero1, type_code, ndim = data[0], data[1], data[2], data[3]
-    if zero0 != 0 or zero1 != 0 or type_code not in _IDX_TYPES or ndim == 0:
-        raise ValueError(
-            f"corrupt IDX file {path}: magic number {data[:4].hex()} is not 0000<type><ndim> with "
-            f"type in {{{', '.join(f'{t:02x}' for t in _IDX_TYPES)}}} and ndim >= 1"
-        )
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f"corrupt IDX file {path}: header of {ndim} dims needs {header} bytes, "
-                         f"file has {len(data)}")
-    shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(_IDX_TYPES[type_code])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(data) - header != expected:
-        raise ValueError(f"corrupt IDX file {path}: header says shape {shape} of {dtype.name} "
-                         f"({expected} data bytes), found {len(data) - header} data bytes")
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    with _open(path) as fh:
+        magic = _read_some(fh, 4, path)
+        if len(magic) < 4:
+            raise ValueError(f"corrupt IDX file {path}: {len(magic)} bytes, shorter than the "
+                             f"4-byte magic number")
+        zero0, zero1, type_code, ndim = magic[0], magic[1], magic[2], magic[3]
+        if zero0 != 0 or zero1 != 0 or type_code not in _IDX_TYPES or ndim == 0:
+            raise ValueError(
+                f"corrupt IDX file {path}: magic number {magic.hex()} is not 0000<type><ndim> "
+                f"with type in {{{', '.join(f'{t:02x}' for t in _IDX_TYPES)}}} and ndim >= 1"
+            )
+        header = 4 + 4 * ndim
+        sizes = _read_some(fh, 4 * ndim, path)
+        if len(sizes) < 4 * ndim:
+            raise ValueError(f"corrupt IDX file {path}: header of {ndim} dims needs {header} "
+                             f"bytes, file has {4 + len(sizes)}")
+        shape = tuple(int(s) for s in np.frombuffer(sizes, dtype=">u4", count=ndim))
+        dtype = np.dtype(_IDX_TYPES[type_code])
+        expected = math.prod(shape) * dtype.itemsize
+        stored = path.stat().st_size
+        if path.suffix == ".gz" and expected > stored * _MAX_GZIP_RATIO:
+            raise ValueError(f"corrupt IDX file {path}: header says shape {shape} of {dtype.name} "
+                             f"({expected} data bytes), more than a {stored}-byte gzip file can "
+                             f"hold")
+        if path.suffix != ".gz" and stored - header != expected:
+            raise ValueError(f"corrupt IDX file {path}: header says shape {shape} of {dtype.name} "
+                             f"({expected} data bytes), found {stored - header} data bytes")
+        data = _read_exact(fh, expected, path, f"shape {shape} of {dtype.name}")
+        if _read_some(fh, 1, path):  # one byte past the header's size: never the whole bomb
+            raise ValueError(f"corrupt IDX file {path}: header says shape {shape} of {dtype.name} "
+                             f"({expected} data bytes), found more data after them")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
     return array.astype(dtype.newbyteorder("="))  # native byte order, writable copy
 
 
@@ -131,9 +171,10 @@ def _load(dataset: str, stats, root, *, val_fraction: float, seed: int, normaliz
         try:
             train = _read_pair(root, "train", dataset)
         except FileNotFoundError as exc:
-            raise FileNotFoundError(f"{exc}. If only the t10k test files are available, pass "
-                                    f"test_only_split=True to split them into "
-                                    f"train/val/test") from None
+            raise FileNotFoundError(f"{exc}. If only the t10k test files are available, split "
+                                    f"them into train/val/test: on the command line "
+                                    f"--data-options test_only_split=true (in Python "
+                                    f"test_only_split=True)") from None
         test = _read_pair(root, "test", dataset)
     return build_splits(dataset, train, test, num_classes=10, scale=1 / 255, standard=stats,
                         val_fraction=val_fraction, seed=seed, normalize=normalize)

@@ -14,7 +14,12 @@ turns the flags into a call of the lab function of the same name (``train`` ->
 ``train`` and ``inspect`` flags are generated from the fields of
 :class:`~orthosparse.lab.config.TrainConfig` (help text included). A bad flag value found after
 argparse is printed as ``orthosparse <command>: error: ...`` with exit code 2, and so is a
-``ValueError``/``TypeError`` the lab function raises.
+``ValueError``/``TypeError`` the lab function raises. Every error is one line (set
+``ORTHOSPARSE_DEBUG=1`` for the traceback). Exit codes (:data:`EXIT_CODES`): 0 done, 1 a run
+diverged or failed while running (a file could not be written: the last checkpoint is kept), 2
+bad usage or input found before training (flags, config, output folder, corrupt run file), 3
+the run is locked by another process, 130 interrupted (Ctrl-C; 143: SIGTERM), 141 the output
+pipe was closed (``orthosparse presets | head -1``).
 
 Adding a command: write the function in its lab module (plain Python, no argparse), then here a
 ``_x_flags(parser)``, a ``_run_x(args) -> exit code`` that calls it, and a row of
@@ -24,11 +29,12 @@ Adding a command: write the function in its lab module (plain Python, no argpars
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
+import signal
 import sys
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,11 +51,33 @@ from .config import (
     resolve_config,
     split_optional,
 )
+from .runs import (
+    CHECKPOINT,
+    AtomicWriteError,
+    RunDirError,
+    RunFileError,
+    RunLockedError,
+    read_json,
+    silence_stdout,
+)
 
-__all__ = ["Command", "COMMANDS", "add_config_arguments", "add_source_arguments",
+__all__ = ["Command", "COMMANDS", "EXIT_CODES", "add_config_arguments", "add_source_arguments",
            "config_from_args", "build_parser", "main"]
 
 PROG = "orthosparse"
+
+EXIT_CODES: dict[int, str] = {
+    0: "done (train: the run finished or already had a result; sweep: every run has a result)",
+    1: "a run diverged or failed while running (e.g. a full disk: the last checkpoint is kept; "
+       "continue with --resume); sweep: some runs failed",
+    2: "bad usage or input, found before any training: a flag or config value, an unusable "
+       "output folder, a corrupt run file, a checkpoint that is refused",
+    3: "the run is being trained by another process (the message names it); nothing was done",
+    130: "interrupted by Ctrl-C (SIGINT); the last checkpoint is kept, continue with --resume",
+    141: "the output pipe was closed (e.g. `orthosparse presets | head -1`), 128 + SIGPIPE",
+    143: "stopped by SIGTERM; the last checkpoint is kept, continue with --resume",
+}
+"""The exit codes of ``orthosparse`` and their meaning (README, "Exit codes")."""
 
 
 @dataclass(frozen=True)
@@ -190,8 +218,11 @@ def _run_train(args: argparse.Namespace) -> int:
         if args.preset or args.config:
             raise _UsageError("argument --resume RUN_DIR: the run's config.json is used; drop "
                               "--preset/--config")
-        base = config_from_dict(json.loads(config_path.read_text("utf-8")),
-                                where=f" (in {config_path})")
+        data = read_json(config_path)
+        if not isinstance(data, dict):
+            raise RunFileError(f"run file {str(config_path)!r} holds a {type(data).__name__}, "
+                               f"not a config")
+        base = config_from_dict(data, where=f" (in {config_path})")
         config = config_from_dict(overrides, base)
     else:
         config = resolve_config(args.preset, args.config, overrides)
@@ -202,8 +233,18 @@ def _run_train(args: argparse.Namespace) -> int:
         return 0
     if args.stop_after is not None and args.stop_after < 1:
         raise _UsageError(f"argument --stop-after: {args.stop_after} must be >= 1")
-    result = train(config, resume=bool(args.resume), force=args.force, run_dir=run_dir,
-                   stop_after=args.stop_after)
+    try:
+        result = train(config, resume=bool(args.resume), force=args.force, run_dir=run_dir,
+                       stop_after=args.stop_after)
+    except AtomicWriteError as err:  # during the run: say what is kept and how to go on
+        if os.environ.get("ORTHOSPARSE_DEBUG"):
+            raise
+        checkpoint = Path(run_dir or config.run_dir()) / CHECKPOINT
+        kept = (f"the last checkpoint {str(checkpoint)!r} is kept" if checkpoint.is_file() else
+                "no checkpoint had been written yet")
+        print(f"{PROG} train: error: {err}; {kept}: free space (or fix the folder) and rerun "
+              f"with --resume", file=sys.stderr)
+        return 1
     if result.status == "diverged":
         print(f"{PROG} train: {result.message}", file=sys.stderr)
         return 1
@@ -523,9 +564,14 @@ COMMANDS: dict[str, Command] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``orthosparse`` parser with one subparser per row of :data:`COMMANDS`."""
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog=PROG, description="Static sparse training with Exact Orthogonal Initialization "
-        "(EOI). Start with `orthosparse demo`.")
+        "(EOI). Start with `orthosparse demo`.",
+        epilog="Exit codes: " + "; ".join(f"{code} {text.split(' (')[0].split(';')[0]}"
+                                          for code, text in EXIT_CODES.items()) + ".")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in sorted(COMMANDS):
         command = COMMANDS[name]
@@ -538,25 +584,81 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (0 ok, 1 run failed/diverged, 2 usage)."""
+    """Run the command line; return the exit code (:data:`EXIT_CODES`)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "_command", None) is None:
-        parser.print_help()
-        print(f"\nTry `{PROG} demo` (about a minute on a CPU) or `{PROG} presets`.")
-        return 0
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "_command", None) is None:  # a bare `orthosparse`: usage, not success
+            parser.print_help(sys.stderr)
+            print(f"\n{PROG}: error: a command is required. Try `{PROG} demo` (about a minute "
+                  f"on a CPU) or `{PROG} presets`.", file=sys.stderr)
+            return 2
+        with _sigterm_interrupts():
+            code = _run_command(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # `orthosparse presets | head -1`: the reader is gone, quietly
+        silence_stdout()
+        return 141
+
+
+def _run_command(args: argparse.Namespace) -> int:
     sub = args._parser
+    debug = bool(os.environ.get("ORTHOSPARSE_DEBUG"))
+    hint = " (set ORTHOSPARSE_DEBUG=1 for a traceback)"
     try:
         return COMMANDS[args._command].run(args)
     except _UsageError as err:
         sub.error(str(err))  # exits with code 2
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as err:
-        if os.environ.get("ORTHOSPARSE_DEBUG"):
+    except BrokenPipeError:
+        raise
+    except RunLockedError as err:
+        print(f"{sub.prog}: error: {err}", file=sys.stderr)
+        return 3
+    except RunDirError as err:  # found before training: the folder cannot be used
+        if debug:
             raise
-        print(f"{sub.prog}: error: {err} (set ORTHOSPARSE_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(f"{sub.prog}: error: {err}{hint}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\n{sub.prog}: interrupted; continue with --resume", file=sys.stderr)
-        return 130
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as err:
+        if debug:
+            raise
+        print(f"{sub.prog}: error: {err}{hint}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file that could not be read or written while running
+        if debug:
+            raise
+        print(f"{sub.prog}: error: {err}{hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        name = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
+        print(f"\n{sub.prog}: {name}; the last checkpoint is kept, continue with --resume",
+              file=sys.stderr)
+        return 128 + int(signum)
     return 0
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that a run ends the same way (checkpoint kept)."""
+
+    signum = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into :class:`_Terminated` for the command (main thread only)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        raise _Terminated(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

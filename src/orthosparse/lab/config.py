@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .._checks import check_gain
 from ..data import list_augmentations, list_datasets
 from ..masks import list_mask_methods
 from ..models import list_models
@@ -45,6 +46,7 @@ __all__ = [
     "GROUPS",
     "NOT_HASHED",
     "HASH_SCHEMA",
+    "SEED_MAX",
     "TrainConfig",
     "sparsify_options_for",
     "config_fields",
@@ -85,6 +87,10 @@ NOT_HASHED: frozenset[str] = frozenset(
 # hash rule changes or when a field's default or meaning changes so that an unchanged config
 # would train differently; adding a field whose default keeps the old behaviour needs no bump.
 HASH_SCHEMA: int = 1
+
+# Largest seed: torch.manual_seed takes [-2**63, 2**64 - 1] but maps a negative seed s to
+# 2**64 + s (two names for one run); TOML integers are 64-bit signed. Seeds are in [0, 2**63 - 1].
+SEED_MAX: int = 2**63 - 1
 
 
 def _names(names: Iterable[str]) -> str:
@@ -421,8 +427,9 @@ def _check_ranges(cfg: TrainConfig) -> None:
         raise ValueError(f"warmup_epochs={cfg.warmup_epochs} must be in [0, epochs={cfg.epochs}]")
     if cfg.grad_clip is not None and not (math.isfinite(cfg.grad_clip) and cfg.grad_clip > 0):
         raise ValueError(f"grad_clip={cfg.grad_clip} must be > 0 or none")
-    if finite("gain") <= 0:
-        raise ValueError(f"gain={cfg.gain} must be > 0")
+    check_gain(cfg.gain)  # the core's rule: a finite real number > 0
+    if not 0 <= cfg.seed <= SEED_MAX:
+        raise ValueError(f"seed={cfg.seed} must be an integer in [0, 2**63 - 1]")
     if finite("bias_std") < 0:
         raise ValueError(f"bias_std={cfg.bias_std} must be >= 0")
     for name in ("data_options", "model_options"):
@@ -630,6 +637,13 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {str(path)!r} is not UTF-8 text (TOML files are UTF-8): "
+                         f"byte {err.object[err.start:err.start + 1]!r} at offset "
+                         f"{err.start}") from None
+    except OSError as err:
+        raise ValueError(f"config file {str(path)!r} cannot be read: [Errno {err.errno}] "
+                         f"{err.strerror}") from None
 
 
 def resolve_config(

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .._checks import check_device
+
 __all__ = ["resolve_device", "resolve_precision", "seed_for", "run_scope"]
 
 
@@ -24,18 +26,12 @@ def resolve_device(device: str) -> torch.device:
     """``"auto"`` -> cuda when available, else cpu; otherwise ``torch.device(device)``.
 
     Raises:
-        ValueError: a malformed name or an unavailable CUDA device.
+        ValueError: a malformed name, an unavailable CUDA device (or index), ``meta``
+            (:func:`orthosparse._checks.check_device`, the core's rule).
     """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device={device!r} is not a device name (auto, cpu, cuda, cuda:1, "
-                         f"...): {err}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available; use --device cpu or auto")
-    return dev
+    return check_device(device)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:

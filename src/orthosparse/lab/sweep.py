@@ -47,6 +47,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import io
 import itertools
 import json
 import os
@@ -60,8 +61,9 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from .._atomic import write_atomic
 from .config import (
     GROUPS,
     TrainConfig,
@@ -76,7 +78,19 @@ from .config import (
     resolve_config,
     split_optional,
 )
-from .runs import FAILED, HAS_RESULT, RunState, json_safe, run_state, write_json
+from .runs import (
+    FAILED,
+    HAS_RESULT,
+    LOCK_FD_ENV,
+    RunState,
+    ensure_run_dir,
+    json_safe,
+    open_append,
+    read_json,
+    run_state,
+    try_lock,
+    write_json,
+)
 
 __all__ = [
     "SweepSpec",
@@ -415,14 +429,14 @@ def _index_rows(sweep_dir: Path, runs: Sequence[SweepRun]) -> list[dict[str, Any
 def _write_index(sweep_dir: Path, runs: Sequence[SweepRun]) -> list[dict[str, Any]]:
     rows = _index_rows(sweep_dir, runs)
     write_json(sweep_dir / "index.json", rows)
-    tmp = sweep_dir / ".index.csv.tmp"
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "+".join(map(str, v)) if isinstance(v, list) else (
-                "" if v is None else v) for k, v in row.items()})
-    os.replace(tmp, sweep_dir / "index.csv")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "+".join(map(str, v)) if isinstance(v, list) else (
+            "" if v is None else v) for k, v in row.items()})
+    data = text.getvalue().encode("utf-8")
+    write_atomic(sweep_dir / "index.csv", lambda fh: fh.write(data))
     return rows
 
 
@@ -528,21 +542,11 @@ def _visible_gpus(devices: Sequence[str] | None) -> list[str]:
         return []
 
 
-def _lock(run_dir: Path) -> int | None | Literal[False]:
-    """Take the run's lock (``fcntl.flock``); ``False`` if another process holds it, ``None``
-    where locks are unavailable. The worker inherits the descriptor, so the lock lives as long
-    as the worker, even if this process dies."""
+def _config_readable(run_dir: Path) -> bool:
     try:
-        import fcntl
-    except ImportError:  # Windows: no lock
-        return None
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
+        return isinstance(read_json(run_dir / "config.json"), dict)
+    except (OSError, ValueError):
         return False
-    return fd
 
 
 def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child, pre-exec
@@ -583,7 +587,7 @@ class _Runner:
         self.done = 0
         self.total = 0
         self.launched = 0
-        self.log = (sweep_dir / "sweep.log").open("a", encoding="utf-8")
+        self.log = open_append(sweep_dir / "sweep.log")
         threads = max(1, (os.cpu_count() or 1) // jobs)
         self.threads = None if self.gpus or jobs == 1 else threads
 
@@ -605,8 +609,8 @@ class _Runner:
     def launch(self, run: SweepRun) -> bool:
         """Start ``run``'s worker; ``False`` if another process is training it right now."""
         run_dir = run.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock = _lock(run_dir)
+        ensure_run_dir(run_dir)
+        lock = try_lock(run_dir)  # the run's lock (orthosparse.lab.runs), handed to the worker
         if lock is False:
             return False
         if run_state(run_dir) in HAS_RESULT:  # finished by someone else meanwhile
@@ -616,11 +620,13 @@ class _Runner:
             self.say(f"[{self.done}/{self.total}] {run_dir.name}: {run_state(run_dir)} (by "
                      f"another process)")
             return True
-        if not (run_dir / "config.json").is_file():
+        if not _config_readable(run_dir):  # missing, or corrupt: the sweep knows the config
             write_json(run_dir / "config.json", config_to_dict(run.config))
         (run_dir / FAILED).unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
         env["ORTHOSPARSE_DEBUG"] = "1"  # a failure leaves its full traceback in the log
+        if lock is not None:
+            env[LOCK_FD_ENV] = str(lock)  # the worker holds this lock; it does not take another
         gpu = self._gpu()
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -629,7 +635,7 @@ class _Runner:
                 env.setdefault(var, str(self.threads))
         cmd = [sys.executable, "-m", "orthosparse", "train", "--resume", str(run_dir)]
         log_path = run_dir / WORKER_LOG
-        log = log_path.open("ab")
+        log = open_append(log_path, binary=True)
         start = log.tell()
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}"
                   f"{f' (CUDA_VISIBLE_DEVICES={gpu})' if gpu is not None else ''}\n".encode())

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import time
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._layers import prunable_layers
+from ..sparse import mask_checksum
 from .checkpoint import (
     CheckpointError,
     generator_state,
@@ -60,6 +62,7 @@ from .runs import (
     RunExistsError,
     RunResult,
     Status,
+    ensure_run_dir,
     flat_record,
     format_jacobian,
     format_pct,
@@ -67,6 +70,8 @@ from .runs import (
     json_safe,
     load_run,
     prepare_run_dir,
+    remove_stale_temps,
+    run_lock,
     run_threads,
     write_json,
     write_metrics,
@@ -88,6 +93,7 @@ __all__ = [
 ]
 
 _FORMAT = "orthosparse-checkpoint"
+_VERSION = 1  # the layout of _Run._checkpoint_state; a checkpoint of another version is refused
 
 # --------------------------------------------------------------------------- evaluation
 
@@ -153,8 +159,14 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False,
 
     Raises:
         RunExistsError: an unfinished run is in the directory and neither flag is set.
+        RunLockedError: another process is training this run (the message names it).
+        RunDirError: the run folder cannot be created or written (checked before training).
         ValueError: unknown dataset/model/mask/init or a setting the model does not take.
-        CheckpointError: the checkpoint to resume from is corrupt (the message names it).
+        CheckpointError: the checkpoint to resume from is corrupt, of another version, or its
+            masks are not this run's (the message names it).
+        RunFileError: a corrupt run file that no checkpoint can rebuild (the message names it).
+        AtomicWriteError: a file could not be written during the run (full disk, ...): one
+            line naming it and the reason; the previous checkpoint is kept.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -181,41 +193,52 @@ def _train(config: TrainConfig, dist: DistContext | None, *, resume: bool, force
     device = dist.device if dist is not None else resolve_device(config.device)
     amp_dtype = resolve_precision(config.precision, device)
     run_dir = Path(run_dir) if run_dir is not None else config.run_dir()
-    state: Any = None
-    if main:  # rank 0 owns the directory; the other ranks follow its decision (or error)
+    with contextlib.ExitStack() as held:
+        state: Any = None
+        removed: list[str] = []
+        if main:  # rank 0 owns the directory; the other ranks follow its decision (or error)
+            try:
+                ensure_run_dir(run_dir)  # writable, no folder/link at a run file's name
+                held.enter_context(run_lock(run_dir))  # one process per run
+                removed = remove_stale_temps(run_dir)  # left by a killed writer
+                state = prepare_run_dir(config, run_dir, resume, force)
+            except Exception as err:  # re-raised on every rank below
+                state = err
+        state = broadcast_object(state, dist)
+        if isinstance(state, BaseException):
+            raise state
+        if state == "done":
+            result = load_run(run_dir) if main else None
+            result = broadcast_object(result, dist)
+            result.config = config
+            if main and config.progress != "none":
+                print(f"{run_dir}: already {result.status}; not trained again (use --force to "
+                      f"rerun)")
+            return result
+        threads: Any = None
+        rebuild = main and state == "resume" and (run_dir / "final.json").is_file()
+        if main:
+            write_json(run_dir / "config.json", config_to_dict(config))
+            threads = run_threads(run_dir, config.threads, state)  # a resume keeps its count
+        threads, note = broadcast_object(threads, dist)
+        console = RunConsole(run_dir / "train.log" if main else None, config.progress)
         try:
-            state = prepare_run_dir(config, run_dir, resume, force)
-        except Exception as err:  # re-raised on every rank below
-            state = err
-    state = broadcast_object(state, dist)
-    if isinstance(state, BaseException):
-        raise state
-    if state == "done":
-        result = load_run(run_dir) if main else None
-        result = broadcast_object(result, dist)
-        result.config = config
-        if main and config.progress != "none":
-            print(f"{run_dir}: already {result.status}; not trained again (use --force to "
-                  f"rerun)")
-        return result
-    threads: Any = None
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", config_to_dict(config))
-        threads = run_threads(run_dir, config.threads, state)  # a resume keeps the recorded one
-    threads, note = broadcast_object(threads, dist)
-    console = RunConsole(run_dir / "train.log" if main else None, config.progress)
-    try:
-        if note:
-            console.line(note)
-        with run_scope(config.seed, config.deterministic, threads):
-            return _Run(config, run_dir, device, amp_dtype, console, dist).run(
-                resume=state == "resume", stop_after=stop_after)
-    except BaseException as err:  # the log says why a run ended; the caller still sees it
-        console.line(f"ERROR run ended by {type(err).__name__}: {err}", echo=False)
-        raise
-    finally:
-        console.close()
+            if removed:
+                console.line(f"removed {len(removed)} temporary file(s) left by an interrupted "
+                             f"process: {', '.join(removed)}", echo=False)
+            if rebuild:
+                console.line(f"final.json or metrics.jsonl could not be read back; resuming from "
+                             f"{CHECKPOINT} to write them again")
+            if note:
+                console.line(note)
+            with run_scope(config.seed, config.deterministic, threads):
+                return _Run(config, run_dir, device, amp_dtype, console, dist).run(
+                    resume=state == "resume", stop_after=stop_after)
+        except BaseException as err:  # the log says why a run ended; the caller still sees it
+            console.line(f"ERROR run ended by {type(err).__name__}: {err}", echo=False)
+            raise
+        finally:
+            console.close()
 
 
 class _Run:
@@ -300,7 +323,8 @@ class _Run:
     # ---------------------------------------------------------------- checkpoints
     def _checkpoint_state(self, epoch_start_loader: torch.Tensor) -> dict[str, Any]:
         return {
-            "format": _FORMAT, "version": 1, "config_hash": config_hash(self.cfg),
+            "format": _FORMAT, "version": _VERSION, "config_hash": config_hash(self.cfg),
+            "mask_checksum": self.mask_checksum,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -331,6 +355,11 @@ class _Run:
                     raise CheckpointError(
                         f"checkpoint {str(path)!r} is not an orthosparse training checkpoint "
                         f"(format={payload.get('format')!r})")
+                if payload.get("version") != _VERSION:
+                    raise CheckpointError(
+                        f"checkpoint {str(path)!r} has version {payload.get('version')!r}; this "
+                        f"orthosparse reads version {_VERSION} only (written by another "
+                        f"version?): resume it with that version, or pass --force to start over")
                 if payload.get("config_hash") != config_hash(self.cfg):
                     raise CheckpointError(
                         f"checkpoint {str(path)!r} belongs to config "
@@ -364,6 +393,15 @@ class _Run:
         except (KeyError, RuntimeError, ValueError, TypeError) as err:
             raise CheckpointError(f"checkpoint {str(path)!r} does not match this run: "
                                   f"{type(err).__name__}: {err}") from err
+        # The masks are fixed by the config and seed: a checkpoint holding others (edited, or
+        # copied from another run) would train and report a different network.
+        found, stored = mask_checksum(self.model), ckpt.get("mask_checksum", self.mask_checksum)
+        if found != self.mask_checksum or stored != self.mask_checksum:
+            bad = found if found != self.mask_checksum else stored
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} holds masks with checksum {bad[:16]}, but this "
+                f"run's masks have checksum {self.mask_checksum[:16]} (expected); the checkpoint "
+                f"was altered or belongs to another run: pass --force to start over")
         return loader_state
 
     # ---------------------------------------------------------------- loop
