@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from orthosparse.sparse import (
+    MASK_SUFFIX,
     DensityReport,
     apply_masks,
     attach_optimizer,
@@ -102,15 +103,16 @@ def test_apply_masks_zeroes_pruned_entries_and_keeps_parameters(net):
         else:
             assert torch.equal(param.detach(), before[name][1])
     buffers = dict(model.named_buffers())
-    assert sorted(buffers) == sorted(name + "_mask" for name in masks)
+    assert MASK_SUFFIX == "_orthosparse_mask"  # not torch.nn.utils.prune's "_mask"
+    assert sorted(buffers) == sorted(name + MASK_SUFFIX for name in masks)
     for name, mask in masks.items():
-        assert buffers[name + "_mask"].dtype == torch.bool
-        assert torch.equal(buffers[name + "_mask"], mask)
+        assert buffers[name + MASK_SUFFIX].dtype == torch.bool
+        assert torch.equal(buffers[name + MASK_SUFFIX], mask)
     got = get_masks(model)
     assert list(got) == list(masks)
     for name, mask in masks.items():
         assert torch.equal(got[name], mask)
-        assert got[name] is not buffers[name + "_mask"]  # a copy
+        assert got[name] is not buffers[name + MASK_SUFFIX]  # a copy
 
 
 def test_mask_is_copied_not_aliased():
@@ -119,7 +121,7 @@ def test_mask_is_copied_not_aliased():
     mask = masks["0.weight"]
     apply_masks(model, masks)
     mask.fill_(True)  # editing the caller's tensor must not change the model
-    assert not bool(model[0].weight_mask.all())
+    assert not bool(model[0].weight_orthosparse_mask.all())
 
 
 @pytest.mark.parametrize("net", NETS)
@@ -249,7 +251,7 @@ def test_state_dict_round_trip_into_fresh_model(net):
     loss_of(model, inputs(model)).backward()
     optimizer.step()
     state = model.state_dict()
-    assert {name + "_mask" for name in masks} <= set(state)
+    assert {name + MASK_SUFFIX for name in masks} <= set(state)
     buf = io.BytesIO()
     torch.save(state, buf)
     buf.seek(0)
@@ -339,15 +341,15 @@ def test_remove_masks_without_bake_and_by_name():
         remove_masks(model, "0.weight")
 
 
-def test_deepcopy_keeps_buffers_and_apply_masks_rearms():
+def test_deepcopy_keeps_buffers_and_rearms_itself():
     model = make_mlp()
     masks = random_masks(model)
     apply_masks(model, masks)
     clone = copy.deepcopy(model)
+    # PyTorch copies no tensor hook; the module's guard re-arms the copy as it is restored.
     loss_of(clone, inputs(clone)).backward()
-    # PyTorch does not copy tensor hooks: the copy's gradients are dense until re-armed.
-    assert torch.count_nonzero(clone[0].weight.grad[~masks["0.weight"]]) > 0
-    apply_masks(clone)
+    assert_pruned_zero(clone, masks)
+    apply_masks(clone)  # re-arming by hand is harmless
     clone.zero_grad()
     loss_of(clone, inputs(clone)).backward()
     assert_pruned_zero(clone, masks)
@@ -382,7 +384,9 @@ def test_attach_optimizer_guards_arbitrary_optimizers():
         optimizer.step()
         assert_pruned_zero(model, masks, optimizer)
     assert torch.all(model[0].weight[masks["0.weight"]] != 0)
-    handle.remove()
+    assert handle.active
+    handle.remove()  # the per-step net off: the bad optimizer now moves pruned weights
+    assert not handle.active
     optimizer.step()
     assert torch.count_nonzero(model[0].weight[~masks["0.weight"]]) > 0
 
@@ -426,10 +430,9 @@ def test_attach_optimizer_skips_the_step_hook_for_zero_preserving_optimizers(opt
     apply_masks(model, masks)
     optimizer = OPTIMIZERS[opt](model.parameters())
     handle = attach_optimizer(optimizer, model)
-    assert len(optimizer._optimizer_step_post_hooks) == 0
+    assert not handle.active  # no per-step cost for optimizers that keep zeros at 0
     handle.remove()  # harmless
-    attach_optimizer(optimizer, model, every_step=True)
-    assert len(optimizer._optimizer_step_post_hooks) == 1
+    assert attach_optimizer(optimizer, model, every_step=True).active
     drift = _Drift(model.parameters())
     attach_optimizer(drift, model, every_step=False)
     drift.step()  # no net asked for: the bad optimizer moves pruned weights
@@ -467,12 +470,12 @@ def test_apply_masks_errors():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         apply_masks(object(), {})
     clash = nn.Linear(3, 2)
-    clash.weight_mask = 5  # a plain attribute in the way
-    with pytest.raises(ValueError, match="already has an attribute 'weight_mask'"):
+    clash.weight_orthosparse_mask = 5  # a plain attribute in the way
+    with pytest.raises(ValueError, match="already has an attribute 'weight_orthosparse_mask'"):
         apply_masks(clash, {"weight": torch.ones(2, 3, dtype=torch.bool)})
     foreign = nn.Linear(3, 2)
-    foreign.register_buffer("weight_mask", torch.ones(2, 3))  # a float buffer: not ours
-    with pytest.raises(ValueError, match="already has an attribute 'weight_mask'"):
+    foreign.register_buffer("weight_orthosparse_mask", torch.ones(2, 3))  # float: not ours
+    with pytest.raises(ValueError, match="already has an attribute 'weight_orthosparse_mask'"):
         apply_masks(foreign, {"weight": torch.ones(2, 3, dtype=torch.bool)})
     # Validation happens before anything is touched.
     untouched = make_mlp()
@@ -622,17 +625,30 @@ def test_density_report_counts_and_table():
     assert last.kept == last.numel == 5 * 128
     assert report.kept == 24 + 576 + 640 and report.numel == 216 + 576 + 640
     assert report.density == pytest.approx((24 + 576 + 640) / (216 + 576 + 640), abs=0, rel=1e-12)
+    assert [(r.status, r.module) for r in report.rows] == [
+        ("masked", "Conv2d.weight"), ("dense", "Conv2d.weight"), ("dense", "Linear.weight")]
+    # Every other parameter is shown too, by module type: here the three biases.
+    assert [(r.name, r.status, r.module) for r in report.other] == [
+        ("0.bias", "not prunable", "Conv2d.bias"), ("2.bias", "not prunable", "Conv2d.bias"),
+        ("5.bias", "not prunable", "Linear.bias")]
+    assert report.parameters == sum(p.numel() for p in model.parameters()) == 1432 + 8 + 8 + 5
     text = str(report)
     lines = text.splitlines()
     assert lines[0].split() == ["layer", "shape", "target", "density", "kept", "numel",
-                                "nonzero"]
-    assert lines[2].split() == ["0.weight", "8x3x3x3", "0.1000", "0.1111", "24", "216", "23"]
-    assert lines[-1].split()[0] == "total" and lines[-1].split()[-3:] == ["1240", "1432", "1239"]
+                                "nonzero", "status"]
+    assert lines[2].split() == ["0.weight", "8x3x3x3", "0.1000", "0.1111", "24", "216", "23",
+                                "masked"]
+    total = next(line for line in lines if line.startswith("total"))
+    assert total.split()[-3:] == ["1240", "1432", "1239"]
     rule = lines[1]
-    assert set(rule) == {"-"} and all(len(line) <= len(rule) for line in lines)
+    assert set(rule) == {"-"} and all(len(line) <= len(rule) for line in lines[:7])
     assert lines[2].index("0.1111") + 6 == lines[0].index("density") + 7  # right-aligned
+    assert lines[7].startswith("not prunable (by module type), 3 tensors")
+    assert lines[8].split() == ["Conv2d.bias", "2", "x", "16", "1.1%"]
+    assert lines[-1] == "prunable weights: 1432 of 1453 parameters (98.6%)"
     records = report.to_records()
     assert records[0]["kept"] == 24 and records[0]["shape"] == [8, 3, 3, 3]
+    assert records[0]["status"] == "masked" and records[-1]["status"] == "not prunable"
 
 
 def test_density_report_from_masks_and_targets():
@@ -666,7 +682,7 @@ def test_cuda_fp16_autocast_with_grad_scaler_keeps_zeros():
     masks = random_masks(model)
     apply_masks(model, masks)
     model.cuda()
-    assert model[0].weight_mask.device.type == "cuda"
+    assert model[0].weight_orthosparse_mask.device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     scaler = torch.amp.GradScaler("cuda")
     for step in range(3):

@@ -389,7 +389,16 @@ def run_scheme(entry: Scheme, layers: list[PrunableLayer], masks: Mapping[str, T
                generator: torch.Generator | None, options: Mapping[str, Any]
                ) -> dict[str, Tensor]:
     """:func:`init_layers` on checked arguments (``masks`` may be ``None`` only for a scheme
-    that builds its own); the scheme's output masks are still checked."""
+    that builds its own); the scheme's output masks are still checked.
+
+    Schemes see every weight as ``(out, in, *kernel)``: a layer stored ``(in, out)`` (Hugging
+    Face ``Conv1D``) is passed as its transposed view, its masks transposed both ways.
+    """
+    stored = layers
+    if any(layer.transposed for layer in layers):
+        layers = [layer.oriented() for layer in stored]
+        if masks is not None:
+            masks = {layer.name: layer.orient(masks[layer.name]) for layer in stored}
     with torch.no_grad():
         result = entry.fn(layers, masks, densities, gain=gain, generator=generator, **options)
         final = _check_mask_map(result, layers, f"the masks returned by init scheme "
@@ -407,4 +416,6 @@ def run_scheme(entry: Scheme, layers: list[PrunableLayer], masks: Mapping[str, T
                         work = torch.empty(bias.shape, dtype=torch.float64)
                         work.normal_(0.0, bias_std, generator=generator)
                         bias.copy_(work)
+    if stored is not layers:
+        final = {layer.name: layer.orient(final[layer.name]).contiguous() for layer in stored}
     return final

@@ -5,15 +5,19 @@ The pipeline (docs/design.md §3, the sparsify pipeline):
 1. Validate once, here: the density, the mask method and init scheme names, the generator, the
    options (each routed to the step that takes it), gain and bias_std. The steps below take the
    checked values as they are.
-2. ``prunable_layers(model, exclude)``: Linear/Conv weights, minus the excluded ones (which are
-   left exactly as they are: not masked, not re-initialized).
+2. ``prunable_layers(model, exclude)``: Linear/Conv, Hugging Face ``Conv1D`` and
+   ``MultiheadAttention`` weights, one per Parameter (``orthosparse._layers``), minus the excluded
+   ones (which are left exactly as they are: not masked, not re-initialized); a reparametrized
+   weight (prune, weight_norm, parametrize) is an error naming the call that undoes it.
 3. The mask method's per-layer densities (``orthosparse.masks``). An init scheme that builds its
    own masks (``eoi``, ``sao``) takes only these, so a random method (``uniform``, ``erk``, ...)
    draws no position; any other scheme gets masks with uniformly random positions. Data-driven
    methods (``snip``, ``grasp``, ``synflow``) score the weights the model has when ``sparsify``
    is called and their densities are those of their masks.
 4. ``orthosparse.schemes``: weights and biases by the init scheme; the masks it returns.
-5. ``orthosparse.sparse.apply_masks``: the masks become fixed (zero weights, masked gradients).
+5. ``orthosparse.sparse.apply_masks``: the masks become fixed (zero weights, masked gradients);
+   warnings name weights tied to an unprunable module (left dense) and a large share of
+   parameters that no mask covers (``orthosparse.sparse.coverage_warnings``).
 
 Example:
     >>> model = nn.Sequential(nn.Linear(784, 100), nn.Tanh(), nn.Linear(100, 10))
@@ -32,10 +36,17 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_gain, check_generator
-from ._layers import prunable_layers
+from ._layers import check_maskable, prunable_layers
 from .masks.compute import check_method_density, densities_for, get_mask_method, masks_for
 from .schemes import SchemeName, check_scheme_arguments, get_scheme, run_scheme
-from .sparse import _record_targets, apply_masks, attach_optimizer, density_report, get_masks
+from .sparse import (
+    _record_targets,
+    apply_masks,
+    attach_optimizer,
+    coverage_warnings,
+    density_report,
+    get_masks,
+)
 from .sparse import remove_masks as _remove_masks
 
 __all__ = ["attach_optimizer", "density_report", "sparsify"]
@@ -138,6 +149,7 @@ def sparsify(
     exclude = (exclude,) if isinstance(exclude, (str, type)) else tuple(exclude)
     everything = prunable_layers(model)
     layers = prunable_layers(model, exclude)
+    check_maskable(layers)  # pruned / weight-normed / parametrized: say which call undoes it
     _warn_unused_excludes(model, exclude, len(everything))
     if not layers:
         raise ValueError("no prunable layers: the model has no Linear/Conv weights"
@@ -160,4 +172,5 @@ def sparsify(
                        generator=generator, options=to_init)
     apply_masks(model, final)
     _record_targets(model, densities)
+    coverage_warnings(model, stacklevel=2)  # tied weights left dense, large unprunable share
     return final
