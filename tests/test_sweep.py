@@ -16,8 +16,9 @@ import orthosparse
 from orthosparse.lab.cli import main
 from orthosparse.lab.config import config_hash
 from orthosparse.lab.presets import PAPER_INITS, PAPER_MASKS, list_sweeps
-from orthosparse.lab.runs import run_state
+from orthosparse.lab.runs import lock_holder, run_state, try_lock
 from orthosparse.lab.sweep import (
+    _Runner,
     expand_sweep,
     load_sweep,
     parse_overrides,
@@ -387,3 +388,45 @@ def test_a_sweep_started_run_resumed_by_hand_ends_where_the_sweep_would(tmp_path
             assert f"threads: {sweep_threads}, as recorded when this run started" in log
     finally:
         torch.set_num_threads(old)
+
+
+# --------------------------------------------------------------------------- issue 16
+
+
+ONE_RUN = TINY_GRID.split("[[add]]")[0].replace("seed = [0, 1, 2]", "seed = 0")
+
+
+@pytest.mark.slow
+def test_a_corrupt_final_json_with_a_complete_checkpoint_is_finished_not_failed(tmp_path):
+    path = write(tmp_path, ONE_RUN)
+    out = tmp_path / "sweeps"
+    (run,) = expand_sweep(path, sweep_dir=out / "tiny")
+    quiet = run.config.__class__(**{**run.config.to_dict(), "progress": "none"})
+    straight = train(quiet, run_dir=run.run_dir)
+    (run.run_dir / "final.json").write_text('{"status": "fini')  # torn by hand, say
+    (run.run_dir / "config.json").write_text("{")  # and the config too: the sweep knows it
+    assert run_state(run.run_dir) == "partial"
+    for _ in range(2):  # not FAILED, on this rerun or any later one
+        result = run_sweep(path, out=out, echo=False)
+        assert result.counts == {"finished": 1}, (run.run_dir / "worker.log").read_text()
+    assert result.launched == 0  # the first rerun rebuilt it; the second has nothing to do
+    final = json.loads((run.run_dir / "final.json").read_text())
+    assert final["test_acc"] == straight.final["test_acc"]
+
+
+def test_a_run_being_trained_elsewhere_is_not_started_twice(tmp_path):
+    path = write(tmp_path, ONE_RUN)
+    out = tmp_path / "sweeps"
+    (run,) = expand_sweep(path, sweep_dir=out / "tiny")
+    run.run_dir.mkdir(parents=True)
+    fd = try_lock(run.run_dir)  # a standalone `train` of the same run holds it
+    if fd is None:
+        pytest.skip("no fcntl.flock here (Windows): runs are not locked")
+    holder = lock_holder(run.run_dir)
+    assert holder.startswith(f"pid {os.getpid()} on host ")
+    try:
+        runner = _Runner(out / "tiny", [run], jobs=1, gpus=[], timeout=None, echo=False)
+        runner.log.close()
+        assert runner.launch(run) is False and runner.running == []
+    finally:
+        os.close(fd)
