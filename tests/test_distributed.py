@@ -93,7 +93,7 @@ def test_two_gloo_processes_match_one_process_and_resume(tmp_path):
         else:  # same global batches, summed in another order: equal to rounding
             torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6, msg=key)
     for name in ("hidden.0.weight", "hidden.2.weight", "head.weight"):
-        assert torch.count_nonzero(state[name][~state[name + "_mask"]]) == 0
+        assert torch.count_nonzero(state[name][~state[name + "_orthosparse_mask"]]) == 0
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 2
     for got, want in zip(history, single.history, strict=True):

@@ -178,7 +178,7 @@ def test_exclude_leaves_layers_untouched_and_warns_on_unused_patterns():
     masks = sparsify(model, 0.2, mask="uniform", init="eoi", generator=gen(), exclude=["6"])
     assert list(masks) == ["0.weight", "2.weight", "4.weight"]
     assert torch.equal(model[6].weight, head) and torch.equal(model[6].bias, head_bias)
-    assert "6.weight_mask" not in dict(model.named_buffers())
+    assert "6.weight_orthosparse_mask" not in dict(model.named_buffers())
     with pytest.warns(UserWarning, match=r"exclude entry 'head\*' matches no prunable layer"):
         sparsify(make_mlp(), 0.2, mask="uniform", init="kaiming", exclude=("head*", "0"))
     with pytest.warns(UserWarning, match="exclude entry Conv2d matches no prunable layer"):

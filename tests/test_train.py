@@ -100,14 +100,15 @@ def test_run_writes_every_output_and_keeps_masks(tmp_path):
     # pruned weights are still exactly zero after training
     kept = total = 0
     for name, module in result.model.named_modules():
-        mask = getattr(module, "weight_mask", None)
+        mask = getattr(module, "weight_orthosparse_mask", None)
         if mask is not None:
             assert torch.count_nonzero(module.weight[~mask]) == 0, name
             kept, total = kept + int(mask.sum()), total + mask.numel()
     # nonzero weights fit in the masks, whose density EOI's stop rule puts near the target 0.5
     assert final["density_nonzero"] <= kept / total and abs(kept / total - 0.5) < 0.05
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert ckpt["progress"]["epoch"] == 2 and any(k.endswith("_mask") for k in ckpt["model"])
+    assert ckpt["progress"]["epoch"] == 2
+    assert any(k.endswith("_orthosparse_mask") for k in ckpt["model"])
 
 
 def test_same_seed_same_result_bitwise(tmp_path):
@@ -267,7 +268,7 @@ def test_cuda_mixed_precision_trains_keeps_masks_and_resumes(tmp_path, precision
     assert straight.status == "finished"
     assert straight.final["precision"] in ("bfloat16", "float16")
     for module in straight.model.modules():
-        mask = getattr(module, "weight_mask", None)
+        mask = getattr(module, "weight_orthosparse_mask", None)
         if mask is not None:
             assert mask.is_cuda and torch.count_nonzero(module.weight[~mask]) == 0
     cfg = tiny(tmp_path / "b", device="cuda", precision=precision, deterministic=True)

@@ -36,6 +36,7 @@ from torch import nn
 from ._checks import check_positive_int
 from ._layers import PRUNABLE_TYPES, PrunableLayer, prunable_layers
 from ._registry import Registry
+from .sparse import MASK_SUFFIX
 
 __all__ = [
     "ACTIVATION_TYPES",
@@ -406,9 +407,9 @@ def orthogonality_error(weight: torch.Tensor, mask: torch.Tensor | None = None, 
 
 def _layer_masks(model: nn.Module, masks: Mapping[str, torch.Tensor] | None,
                  exclude: Iterable[object]) -> list[tuple[PrunableLayer, torch.Tensor | None]]:
-    """Prunable layers with their mask: ``masks[name]``, else a ``weight_mask`` buffer, else None.
-
-    ``weight_mask`` is the buffer ``torch.nn.utils.prune`` keeps next to ``weight_orig``.
+    """Prunable layers with their mask: ``masks[name]``, else the fixed-mask buffer
+    ``<attr>_orthosparse_mask`` (``orthosparse.sparse``), else ``torch.nn.utils.prune``'s
+    ``<attr>_mask`` buffer (next to ``<attr>_orig``), else None.
     """
     layers = prunable_layers(model, exclude)
     masks = {} if masks is None else dict(masks)
@@ -416,7 +417,11 @@ def _layer_masks(model: nn.Module, masks: Mapping[str, torch.Tensor] | None,
     if unknown:
         raise ValueError(f"masks has keys {unknown} that are not prunable weights of the model; "
                          f"valid keys: {[layer.name for layer in layers]}")
-    return [(layer, masks.get(layer.name, getattr(layer.module, "weight_mask", None)))
+    def buffer(layer: PrunableLayer) -> torch.Tensor | None:
+        own = layer.module._buffers.get(layer.attr + MASK_SUFFIX)
+        return own if own is not None else layer.module._buffers.get(layer.attr + "_mask")
+
+    return [(layer, masks[layer.name] if layer.name in masks else buffer(layer))
             for layer in layers]
 
 
@@ -428,7 +433,8 @@ def orthogonality_errors(model: nn.Module, masks: Mapping[str, torch.Tensor] | N
     Args:
         model: any module; its prunable layers are found with ``prunable_layers``.
         masks: ``{"layers.0.weight": mask}`` for some or all layers (unknown keys raise); a
-            layer without one uses its ``weight_mask`` buffer if it has one, else its weight.
+            layer without one uses its fixed mask (or ``torch.nn.utils.prune``'s mask) if it
+            has one, else its weight.
         gain, conv: as ``orthogonality_error``.
         exclude: module types or name patterns to skip (as ``prunable_layers``).
 
@@ -700,7 +706,7 @@ def inspect_model(model: nn.Module, inputs: torch.Tensor, *, gain: float = 1.0,
                   exclude: Iterable[object] = ()) -> InspectReport:
     """Measure a model's signal propagation at once: per-layer table plus Jacobian summary.
 
-    Per prunable layer: mask density (``masks[name]``, else a ``weight_mask`` buffer, else the
+    Per prunable layer: mask density (``masks[name]``, else its mask buffer, else the
     fraction of nonzero weights), ``orthogonality_error`` under the mask, and the activation and
     gradient norms at its output (first call) from ``signal_propagation``; plus
     ``jacobian_summary`` over the same examples.

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..sparse import broadcast_masks, get_masks, mask_checksum
+from ..sparse import MASK_SUFFIX, broadcast_masks, get_masks, mask_checksum
 
 __all__ = [
     "DistContext",
@@ -281,7 +281,7 @@ def sync_masks(model: nn.Module, ctx: DistContext | None) -> str:
     synced = broadcast_masks(get_masks(model), src=0)
     with torch.no_grad():
         for name, mask in synced.items():
-            model.get_buffer(f"{name}_mask").copy_(mask)
+            model.get_buffer(f"{name}{MASK_SUFFIX}").copy_(mask)
     try:
         return compare_checksums(_gather(mask_checksum(model), ctx))
     except ValueError as err:  # pragma: no cover - broadcast_masks guarantees equality
@@ -302,7 +302,7 @@ def wrap_model(model: nn.Module, ctx: DistContext | None) -> tuple[nn.Module, st
 
     from torch.nn.parallel import DistributedDataParallel
 
-    other_buffers = any(not name.endswith("_mask") for name, _ in model.named_buffers())
+    other_buffers = any(not name.endswith(MASK_SUFFIX) for name, _ in model.named_buffers())
     params = inspect.signature(DistributedDataParallel.__init__).parameters
     kwargs: dict[str, Any] = {}
     if "forward_sync_buffers" in params:  # torch >= 2.13
