@@ -6,8 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from orthosparse.diagnostics import conv_singular_values
 from orthosparse.eoi import list_backends, sparse_orthogonal
-from orthosparse.init import center_density_for, eoi_, eoi_group_, orthogonal_
+from orthosparse.init import (
+    center_density_for,
+    conv_orthogonal_,
+    eoi_,
+    eoi_group_,
+    orthogonal_,
+)
 
 
 def gen(seed=0):
@@ -301,3 +308,162 @@ def test_extra_positions_large_count_exact_and_spread():
     assert per_block.min() > 40 and per_block.max() < 110  # 75 expected per block
     with pytest.raises(AssertionError, match="cannot draw 40000 of"):
         _add_free(taken, 40000, _free_stream(gen(3)))
+
+
+# ----------------------------------------------------------------------------- conv_orthogonal_
+def circular_conv(weight, groups=1):
+    """The circular stride-1 conv that holds ``weight`` (kernel centred, size kept)."""
+    conv_type = {3: torch.nn.Conv1d, 4: torch.nn.Conv2d, 5: torch.nn.Conv3d}[weight.dim()]
+    kernel = tuple(weight.shape[2:])
+    conv = conv_type(weight.shape[1] * groups, weight.shape[0], kernel, groups=groups,
+                     padding=tuple(k // 2 for k in kernel), padding_mode="circular", bias=False)
+    conv.weight.data = weight
+    return conv
+
+
+@pytest.mark.parametrize("shape,groups", [
+    ((16, 16, 3, 3), 1), ((32, 8, 3, 3), 1), ((8, 32, 5, 5), 1), ((12, 6, 3, 5), 1),
+    ((16, 8, 3), 1), ((6, 6, 3, 3, 3), 1), ((16, 16, 1, 1), 1), ((32, 4, 3, 3), 4),
+])
+def test_conv_orthogonal_circular_conv_is_an_isometry(shape, groups):
+    gain = 1.3
+    w = torch.empty(shape)
+    assert conv_orthogonal_(w, gain, generator=gen(), groups=groups) is w
+    n = {3: 11, 4: 8, 5: 5}[w.dim()]
+    sv = conv_singular_values(circular_conv(w, groups), n)  # exact, via the FFT
+    assert sv.numel() == n ** (w.dim() - 2) * min(shape[0] // groups, shape[1]) * groups
+    torch.testing.assert_close(sv, torch.full_like(sv, gain), atol=1e-5, rtol=0)
+    # and the layer preserves norms on real inputs (c_out >= c_in: an isometry on inputs)
+    if shape[0] // groups >= shape[1]:
+        x = torch.randn(3, shape[1] * groups, *(n,) * (w.dim() - 2), generator=gen(1))
+        y = circular_conv(w, groups)(x)
+        torch.testing.assert_close(y.flatten(1).norm(dim=1), gain * x.flatten(1).norm(dim=1))
+
+
+def test_conv_orthogonal_every_tap_is_nonzero_unlike_delta():
+    w = conv_orthogonal_(torch.empty(32, 16, 3, 3), generator=gen())
+    taps = w.abs().sum(dim=(0, 1))  # (3, 3)
+    assert (taps > 1e-3).all()
+    assert (w != 0).float().mean() > 0.99  # dense, not a centre-only kernel
+    # the centre alone is not orthogonal (the energy is spread over the taps)
+    assert gram_error(centre(w)) > 0.1
+    delta = orthogonal_(torch.empty(32, 16, 3, 3), generator=gen())
+    assert int((delta.abs().sum(dim=(0, 1)) > 0).sum()) == 1
+
+
+def test_conv_orthogonal_deterministic_from_the_generator():
+    a = conv_orthogonal_(torch.empty(8, 4, 3, 3), generator=gen(4))
+    b = conv_orthogonal_(torch.empty(8, 4, 3, 3), generator=gen(4))
+    c = conv_orthogonal_(torch.empty(8, 4, 3, 3), generator=gen(5))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    d = conv_orthogonal_(torch.empty(8, 4, 3, 3, dtype=torch.float64), generator=gen(4))
+    torch.testing.assert_close(d.float(), a, atol=1e-7, rtol=0)  # float64 inside, then cast
+
+
+def test_conv_orthogonal_depthwise_blocks_are_signed_shifts():
+    w = conv_orthogonal_(torch.empty(8, 1, 3, 3), 2.0, generator=gen(), groups=8)
+    flat = w.reshape(8, 9)
+    assert ((flat != 0).sum(dim=1) == 1).all()  # one tap per channel
+    torch.testing.assert_close(flat.abs().sum(dim=1), torch.full((8,), 2.0))
+
+
+@pytest.mark.parametrize("tensor,kw,exc,match", [
+    (torch.empty(4, 4), {}, ValueError, r"conv weight .* got the 2-D shape \(4, 4\) \(use "
+                                        r"orthogonal_\)"),
+    (torch.empty(4, 4, 2, 2), {}, ValueError, r"odd kernel sizes \(a same-size circular conv "
+                                              r".* got kernel \(2, 2\)"),
+    (torch.empty(4, 4, 3, 2), {}, ValueError, r"odd kernel sizes"),
+    (torch.empty(2, 2, 1, 1, 1, 1), {}, ValueError, r"got shape \(2, 2, 1, 1, 1, 1\)"),
+    (torch.empty(4, 4, 3, 3, dtype=torch.int32), {}, TypeError, "floating-point tensor"),
+    (torch.empty(6, 2, 3, 3), {"groups": 4}, ValueError, r"groups=4 does not divide c_out=6"),
+    (torch.empty(6, 2, 3, 3), {"groups": 0}, ValueError, r"groups=0 must be >= 1"),
+    (torch.empty(6, 2, 3, 3), {"groups": 2.0}, TypeError, r"groups must be an int >= 1, got "
+                                                         r"float"),
+    (torch.empty(6, 2, 3, 3), {"gain": -1.0}, ValueError, r"gain"),
+])
+def test_conv_orthogonal_errors(tensor, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        conv_orthogonal_(tensor, **kw)
+
+
+def test_orthogonal_conv_rules():
+    shape = (12, 6, 3, 3)
+    delta = orthogonal_(torch.empty(shape), generator=gen(1))  # default: unchanged
+    assert torch.equal(delta, orthogonal_(torch.empty(shape), generator=gen(1), conv="delta"))
+    full = orthogonal_(torch.empty(shape), 1.5, generator=gen(1), conv="conv-orthogonal")
+    assert torch.equal(full, conv_orthogonal_(torch.empty(shape), 1.5, generator=gen(1)))
+    flat = orthogonal_(torch.empty(shape), 1.5, generator=gen(1), conv="flat")
+    assert gram_error(flat.reshape(12, -1), 1.5) <= 1e-5 and (flat != 0).all()
+    lin = orthogonal_(torch.empty(6, 9), generator=gen(1), conv="conv-orthogonal")
+    assert torch.equal(lin, orthogonal_(torch.empty(6, 9), generator=gen(1)))  # 2-D: plain QR
+    with pytest.raises(ValueError, match=r"conv='xiao' must be one of: 'delta', "
+                                         r"'conv-orthogonal', 'flat'"):
+        orthogonal_(torch.empty(shape), conv="xiao")
+    with pytest.raises(ValueError, match=r"groups=2 needs a conv weight"):
+        orthogonal_(torch.empty(6, 6), groups=2)
+
+
+def test_orthogonal_groups_give_one_orthogonal_block_per_group():
+    w = orthogonal_(torch.empty(16, 1, 3, 3), 1.5, generator=gen(), groups=16)
+    torch.testing.assert_close(centre(w).abs().flatten(), torch.full((16,), 1.5))
+    w = orthogonal_(torch.empty(32, 8, 3, 3), generator=gen(), groups=4, conv="flat")
+    for block in w.reshape(4, 8, -1):
+        assert gram_error(block) <= 1e-5
+
+
+# ----------------------------------------------------------------------------- grouped EOI
+def test_depthwise_eoi_with_groups_is_an_isometry_the_paper_rule_is_not():
+    """The issue's example: depthwise 8 channels at d=0.5."""
+    paper = torch.empty(8, 1, 3, 3)
+    eoi_(paper, 0.5, generator=gen())  # the (8, 1) centre as one matrix
+    assert (centre(paper).flatten() == 0).sum() >= 1  # channels dead at init
+    blocks = torch.empty(8, 1, 3, 3)
+    mask = eoi_(blocks, 0.5, generator=gen(), groups=8)
+    torch.testing.assert_close(centre(blocks).abs().flatten(), torch.ones(8), atol=1e-6, rtol=0)
+    assert int(mask.sum()) == keep(0.5, blocks.numel())  # extra positions as usual
+    assert mask[:, :, 1, 1].all() and not blocks[~mask].any()
+    assert not (blocks * ~centre_only(blocks)).any()  # only the centre taps are nonzero
+    sv = conv_singular_values(circular_conv(blocks, 8), 6)
+    torch.testing.assert_close(sv, torch.ones_like(sv), atol=1e-6, rtol=0)
+
+
+def centre_only(w):
+    m = torch.zeros(w.shape, dtype=torch.bool)
+    m[(slice(None), slice(None), *(k // 2 for k in w.shape[2:]))] = True
+    return m
+
+
+@pytest.mark.parametrize("shape,groups,density", [
+    ((32, 8, 3, 3), 4, 0.1), ((24, 4, 3, 3), 3, 0.3), ((16, 16, 1, 1), 2, 0.5),
+])
+def test_grouped_eoi_every_block_is_exactly_orthogonal(shape, groups, density):
+    w = torch.empty(shape)
+    mask = eoi_(w, density, gain=1.2, generator=gen(), groups=groups)
+    rows = shape[0] // groups
+    for g in range(groups):
+        assert gram_error(centre(w)[g * rows:(g + 1) * rows], 1.2) <= 4e-6
+    assert int(mask.sum()) == keep(density, w.numel())
+    sv = conv_singular_values(circular_conv(w, groups), 5)
+    torch.testing.assert_close(sv, torch.full_like(sv, 1.2), atol=1e-5, rtol=0)
+
+
+def test_depthwise_below_one_tap_per_channel_warns_and_keeps_the_floor():
+    w = torch.empty(8, 1, 3, 3)
+    with pytest.warns(UserWarning, match=r"below the sparsest exact block-orthogonal kernel "
+                                         r"with groups=8 .* returning density 0.111111"):
+        mask = eoi_(w, 0.05, generator=gen(), groups=8)
+    assert int(mask.sum()) == 8 and mask[:, :, 1, 1].all()
+
+
+def test_grouped_eoi_group_matches_single_and_validates_groups():
+    a = torch.empty(16, 2, 3, 3)
+    ma = eoi_(a, 0.3, generator=gen(7), groups=8)
+    b = torch.empty(16, 2, 3, 3)
+    (mb,) = eoi_group_([b], 0.3, generator=gen(7), groups=8)
+    assert torch.equal(a, b) and torch.equal(ma, mb)
+    with pytest.raises(ValueError, match=r"eoi_: groups=3 does not divide c_out=16"):
+        eoi_(torch.empty(16, 2, 3, 3), 0.3, groups=3)
+    with pytest.raises(ValueError, match=r"eoi_group_: groups=2 needs a conv weight"):
+        eoi_group_([torch.empty(4, 4)], 0.3, groups=2)
+    with pytest.raises(TypeError, match=r"groups must be an int >= 1, got bool"):
+        eoi_(torch.empty(16, 2, 3, 3), 0.3, groups=True)

@@ -10,8 +10,18 @@ trainable positions, drawn uniformly among the remaining zero positions of the w
 start at value 0, until the mask holds ``keep_count(d, numel)`` weights (halves round up, the rule
 of the masks).
 
-Grouped and depthwise convolutions treat their ``(c_out, c_in / groups)`` centre matrix like any
-other, as the EOI paper does for EfficientNet.
+Grouped and depthwise convolutions (``groups=G``, weight ``(c_out, c_in/G, *kernel)``): with
+``groups=G`` every group's centre block ``(c_out/G, c_in/G)`` is an exact orthogonal matrix of its
+own, so the grouped layer is an isometry too (a depthwise conv: every channel's centre tap is
+``+-gain``). With ``groups=1`` (the EOI paper's rule, its EfficientNet runs) the stored
+``(c_out, c_in/G)`` centre is treated as one matrix, which leaves channels of a depthwise conv
+zero at initialization. A 1x1 block (depthwise) is dense at the centre, so the centre alone has
+density ``1/K`` (``K`` kernel taps); the extra positions bring the layer to ``density`` as usual,
+and a density below ``1/K`` is raised to it with a warning (the floor rule below).
+
+``conv_orthogonal_`` is the dense orthogonal convolution of Xiao et al. (2018), Algorithm 1, as
+the EOI paper's official code builds it (``models/initializers.py``, ``conv_orthogonal``): every
+tap nonzero, the circular convolution an exact isometry.
 """
 
 from __future__ import annotations
@@ -30,15 +40,33 @@ from .eoi.backends import select
 from .eoi.generator import generate
 from .eoi.problem import make_problem
 
-__all__ = ["CenterDensity", "center_density_for", "eoi_", "eoi_group_", "orthogonal_"]
+__all__ = [
+    "CenterDensity",
+    "ConvRule",
+    "center_density_for",
+    "conv_orthogonal_",
+    "eoi_",
+    "eoi_group_",
+    "orthogonal_",
+]
 
 CenterDensity = float | Literal["same", "more"] | None
 """Policy for the density ``d_H`` of a conv's centre matrix: ``None``/``"same"``: ``d_H = d``;
 ``"more"``: the EOI paper's "more nonzeros" rule ``min(d * K, 1, sqrt(d))`` (``K`` kernel taps);
 a number: that density (at most ``d * K``, so the mask can still have density ``d``)."""
 
+ConvRule = Literal["delta", "conv-orthogonal", "flat"]
+"""How :func:`orthogonal_` fills a conv weight ``(c_out, c_in/groups, *kernel)``: ``"delta"``:
+delta-orthogonal (an orthogonal matrix at the centre tap, zeros elsewhere; Xiao et al. (2018),
+Algorithm 2); ``"conv-orthogonal"``: :func:`conv_orthogonal_` (Algorithm 1, every tap
+nonzero); ``"flat"``: an orthogonal matrix of the flattened ``(c_out, c_in/groups * K)`` shape."""
+CONV_RULES: tuple[str, ...] = ("delta", "conv-orthogonal", "flat")
 
-def _check_weight(tensor: torch.Tensor, fn: str) -> bool:
+
+_ODD_REASON = "the delta construction puts the matrix at the centre tap"
+
+
+def _check_weight(tensor: torch.Tensor, fn: str, odd_reason: str = _ODD_REASON) -> bool:
     """Validate a weight for ``fn``; return False for a zero-element tensor (a warned no-op)."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{fn} expects a torch.Tensor, got {type(tensor).__name__}")
@@ -53,13 +81,30 @@ def _check_weight(tensor: torch.Tensor, fn: str) -> bool:
     kernel = tensor.shape[2:]
     if any(k % 2 == 0 for k in kernel):
         raise ValueError(
-            f"{fn} needs odd kernel sizes (the delta construction puts the matrix at the centre "
-            f"tap); got kernel {tuple(kernel)} in weight of shape {tuple(tensor.shape)}"
+            f"{fn} needs odd kernel sizes ({odd_reason}); got kernel {tuple(kernel)} in weight "
+            f"of shape {tuple(tensor.shape)}"
         )
     if tensor.numel() == 0:
         warnings.warn(f"{fn}: initializing a zero-element tensor is a no-op", stacklevel=3)
         return False
     return True
+
+
+def _check_groups(tensor: torch.Tensor, groups: object, fn: str) -> int:
+    """Validate ``groups`` for a weight ``(c_out, c_in/groups, *kernel)``; return it as an int."""
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
+        raise TypeError(f"{fn}: groups must be an int >= 1, got {type(groups).__name__}: "
+                        f"{groups!r}")
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"{fn}: groups={groups} must be >= 1")
+    if groups > 1 and tensor.dim() == 2:
+        raise ValueError(f"{fn}: groups={groups} needs a conv weight (c_out, c_in/groups, "
+                         f"*kernel); a 2-D weight {tuple(tensor.shape)} has one group")
+    if tensor.shape[0] % groups:
+        raise ValueError(f"{fn}: groups={groups} does not divide c_out={tensor.shape[0]} of "
+                         f"weight shape {tuple(tensor.shape)}")
+    return groups
 
 
 def center_density_for(density: float, kernel_taps: int, policy: CenterDensity = None) -> float:
@@ -100,32 +145,44 @@ def _fill_group(
     generator: torch.Generator | None,
     center_density: CenterDensity,
     backend: str,
+    groups: int = 1,
 ) -> list[torch.Tensor]:
     """EOI for same-shape weights in one batched generation (validated by the callers).
+
+    With ``groups > 1`` the centre ``(c_out, c_in/groups)`` is ``groups`` blocks
+    ``(c_out/groups, c_in/groups)`` stacked along ``c_out`` (PyTorch's grouped weight layout),
+    each an EOI matrix of its own; all blocks of all tensors are one batched generation.
 
     Every count computed here is ``keep_count(density, numel)`` (halves round up), the rule the
     masks use.
     """
     first = tensors[0]
     c_out, c_in = first.shape[0], first.shape[1]
+    rows = c_out // groups  # block rows; c_in is already c_in/groups
     kernel = tuple(first.shape[2:])
     taps = math.prod(kernel)
     d_h = center_density_for(density, taps, center_density) if kernel else density
     if kernel:
-        # A centre below its 1/max(c_out, c_in) floor uses the floor; the extra positions still
+        # A centre below its 1/max(rows, c_in) floor uses the floor; the extra positions still
         # bring the layer to ``density``, so only a layer that cannot reach it is warned about.
-        floor = 1.0 / max(c_out, c_in)
+        floor = 1.0 / max(rows, c_in)
         d_h = max(d_h, floor)
-        if floor * c_out * c_in > keep_count(density, first.numel()):
+        floor_nnz = groups * min(rows, c_in)
+        if floor_nnz > keep_count(density, first.numel()):
+            what = "delta-orthogonal kernel" if groups == 1 else \
+                f"block-orthogonal kernel with groups={groups}"
             warnings.warn(
-                f"density={density:.6g} is below the sparsest exact delta-orthogonal kernel of "
-                f"shape {tuple(first.shape)}; returning density "
-                f"{min(c_out, c_in) / first.numel():.6g} instead",
+                f"density={density:.6g} is below the sparsest exact {what} of shape "
+                f"{tuple(first.shape)}; returning density {floor_nnz / first.numel():.6g} "
+                f"instead",
                 stacklevel=4,
             )
-    problem = make_problem(c_out, c_in, d_h, gain=gain, dtype=_compute_dtype(first.dtype),
-                           device=first.device, batch=len(tensors), stacklevel=4)
+    problem = make_problem(rows, c_in, d_h, gain=gain, dtype=_compute_dtype(first.dtype),
+                           device=first.device, batch=len(tensors) * groups, stacklevel=4)
     weights, masks = generate(problem, generator, select(backend, problem.device)[1])
+    if groups > 1:  # (n * groups, rows, c_in) -> (n, c_out, c_in): blocks stacked along c_out
+        weights = weights.reshape(len(tensors), c_out, c_in)
+        masks = masks.reshape(len(tensors), c_out, c_in)
     if not kernel:
         torch._foreach_copy_(list(tensors), list(weights))  # one dispatch for the whole group
         return list(masks)
@@ -228,6 +285,7 @@ def eoi_(
     generator: torch.Generator | None = None,
     center_density: CenterDensity = None,
     backend: str = "auto",
+    groups: int = 1,
 ) -> torch.Tensor:
     """Fill ``tensor`` in place with an exact sparse orthogonal (EOI) weight; return its mask.
 
@@ -238,7 +296,10 @@ def eoi_(
     (:func:`orthosparse.eoi.sparse_orthogonal`). A conv weight ``(c_out, c_in/groups, *kernel)``
     (odd kernel) gets the sparse delta-orthogonal kernel: ``gain * H`` at the centre tap, zeros
     elsewhere; the mask adds zero-valued trainable positions until it holds
-    ``keep_count(density, numel)`` weights (``round(density * numel)``, halves up).
+    ``keep_count(density, numel)`` weights (``round(density * numel)``, halves up). With
+    ``groups=G`` (the layer's ``nn.Conv2d(..., groups=G)``) ``H`` is ``G`` stacked blocks
+    ``(c_out/G, c_in/G)``, each exactly orthogonal, so the grouped conv is an isometry; a
+    depthwise conv gets ``+-gain`` at every channel's centre tap and density at least ``1/K``.
 
     Args:
         tensor: 2-D to 5-D floating weight, any device; half types are generated in float32.
@@ -248,14 +309,16 @@ def eoi_(
         center_density: conv centre-matrix policy (:data:`CenterDensity`).
         backend: EOI backend, ``"auto"`` or a name from :func:`orthosparse.eoi.list_backends`
             (same masks from every one).
+        groups: the conv's groups: one exact orthogonal centre block per group; 1 treats the
+            ``(c_out, c_in/groups)`` centre as one matrix (the EOI paper's rule).
 
     Returns:
         The bool mask, same shape and device as ``tensor``.
 
     Raises:
         ValueError: density outside (0, 1] or NaN, 1-D or >5-D tensors, even kernel sizes, an
-            unknown backend.
-        TypeError: non-tensor or non-floating tensor.
+            unknown backend, groups < 1 or not dividing ``c_out``, groups > 1 for a 2-D weight.
+        TypeError: non-tensor or non-floating tensor, non-integer groups.
         RuntimeError: a backend named that cannot run here (``"compiled"`` without numba).
 
     Example:
@@ -264,10 +327,11 @@ def eoi_(
     """
     if not _check_weight(tensor, "eoi_"):
         return torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
+    groups = _check_groups(tensor, groups, "eoi_")
     density = check_density(density)
     gain = check_gain(gain)
     return _fill_group([tensor], density, gain, check_generator(generator), center_density,
-                       backend)[0]
+                       backend, groups)[0]
 
 
 def eoi_group_(
@@ -278,6 +342,7 @@ def eoi_group_(
     generator: torch.Generator | None = None,
     center_density: CenterDensity = None,
     backend: str = "auto",
+    groups: int = 1,
 ) -> list[torch.Tensor]:
     """Fill same-shape weights in place with EOI in one batched generation; return their masks.
 
@@ -302,33 +367,184 @@ def eoi_group_(
             )
     if not _check_weight(first, "eoi_group_"):
         return [torch.zeros(t.shape, dtype=torch.bool, device=t.device) for t in tensors]
+    groups = _check_groups(first, groups, "eoi_group_")
     density = check_density(density)
     gain = check_gain(gain)
     return _fill_group(tensors, density, gain, check_generator(generator), center_density,
-                       backend)
+                       backend, groups)
+
+
+def _check_conv_rule(conv: object, fn: str) -> str:
+    if not isinstance(conv, str) or conv not in CONV_RULES:
+        raise ValueError(f"{fn}: conv={conv!r} must be one of: "
+                         f"{', '.join(map(repr, CONV_RULES))}")
+    return conv
+
+
+def _haar(batch: int, n: int, dtype: torch.dtype,
+          generator: torch.Generator | None) -> torch.Tensor:
+    """``(batch, n, n)`` Haar-distributed orthogonal matrices: QR of a Gaussian, each column of
+    ``Q`` times the sign of ``R``'s diagonal entry (Mezzadri's correction, as torch's
+    ``orthogonal_``)."""
+    q, r = torch.linalg.qr(torch.randn(batch, n, n, generator=generator, dtype=dtype))
+    sign = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(dtype)  # (b, n)
+    return q * sign.unsqueeze(-2)
+
+
+def _symmetric_projection(batch: int, n: int, dtype: torch.dtype,
+                          generator: torch.Generator | None) -> torch.Tensor:
+    """``(batch, n, n)`` orthogonal projections ``P = C C^T``: ``C`` a Haar matrix whose columns
+    are each kept with probability 1/2 (a uniformly random subspace of random dimension)."""
+    q = _haar(batch, n, dtype, generator)
+    keep = torch.randn(batch, n, generator=generator, dtype=dtype) > 0  # (b, n)
+    c = q * keep.unsqueeze(-2).to(dtype)
+    return c @ c.transpose(-1, -2)
+
+
+def _conv_orthogonal_blocks(groups: int, rows: int, cols: int, kernel: tuple[int, ...],
+                            generator: torch.Generator | None) -> torch.Tensor:
+    """``groups`` independent orthogonal kernels ``(groups, rows, cols, *kernel)`` in float64.
+
+    Xiao et al. (2018), Algorithm 1, as the official EOI code builds it. With ``n = max(rows,
+    cols)`` a kernel's symbol (the matrix polynomial ``A(z) = sum_t A_t z^t`` in one variable
+    ``z_a`` per spatial axis) is built as a product of factors ``P + (I - P) z_a`` with ``P`` an
+    orthogonal projection: on the unit circle each factor is unitary (``P`` and ``I - P`` are
+    complementary projections), and each raises the kernel size along axis ``a`` by one. So
+    ``A(z)`` is unitary at every frequency: ``A`` is an orthogonal ``n -> n`` circular conv.
+    The weight's taps are ``(H A_t)^T`` (``rows >= cols``) or ``H A_t``, ``H`` the first
+    ``min(rows, cols)`` rows of a Haar ``n x n`` matrix: the symbol then has orthonormal columns
+    (rows), so every singular value of the circular convolution is 1.
+
+    The official code draws one projection per axis (``p``, ``q``) and reuses them in all
+    ``k - 1`` steps; Algorithm 1 as published (and TensorFlow's ``ConvolutionOrthogonal2D``)
+    draws a fresh pair per step. We follow the official code; both are exact isometries.
+    Draw order, as the official code: per axis the projection's Haar matrix then its column
+    coin flips, then ``H``; the steps alternate the axes (axis 0, axis 1, ...).
+    """
+    dtype = torch.float64
+    n, m = max(rows, cols), min(rows, cols)
+    spatial = len(kernel)
+    projections = [_symmetric_projection(groups, n, dtype, generator) for _ in kernel]
+    h = _haar(groups, n, dtype, generator)[:, :m, :]  # (g, m, n)
+    view = (groups,) + (1,) * spatial + (n, n)
+    a = torch.eye(n, dtype=dtype).expand(view).clone()  # (g, *taps, n, n), one tap: I
+    for step in range(max(kernel, default=1) - 1):
+        for axis, (k, p) in enumerate(zip(kernel, projections, strict=True)):
+            if step >= k - 1:
+                continue
+            dim = 1 + axis
+            zero_shape = list(a.shape)
+            zero_shape[dim] = 1
+            zero = a.new_zeros(zero_shape)
+            lo = torch.cat([a, zero], dim)  # A_t at t
+            hi = torch.cat([zero, a], dim)  # A_{t - e_axis} at t
+            a = hi + (lo - hi) @ p.reshape(view)  # A_t P + A_{t-e} (I - P)
+    w = h.reshape(groups, *(1,) * spatial, m, n) @ a  # (g, *k, m, n): H A_t
+    if rows >= cols:
+        w = w.transpose(-1, -2)  # (g, *k, n, m): (H A_t)^T
+    return w.permute(0, spatial + 1, spatial + 2, *range(1, spatial + 1))  # (g, rows, cols, *k)
+
+
+@torch.no_grad()
+def conv_orthogonal_(
+    tensor: torch.Tensor,
+    gain: float = 1.0,
+    *,
+    generator: torch.Generator | None = None,
+    groups: int = 1,
+) -> torch.Tensor:
+    """Fill a conv weight with a dense orthogonal kernel whose every tap is nonzero.
+
+    `Dynamical Isometry and a Mean Field Theory of CNNs: How to Train 10,000-Layer Vanilla
+    Convolutional Neural Networks` - Xiao et al. (2018), arXiv 1806.05393, Algorithm 1, built as
+    the EOI paper's official code does (``conv_orthogonal``; its one deviation from the published
+    algorithm, one projection per axis reused at every step, is kept; docs/protocol.md). With
+    circular padding ``(k - 1) / 2`` and stride 1 the convolution is an exact isometry: every
+    singular value equals ``gain`` (an orthogonal ``c_out x c_in`` symbol at every frequency;
+    orthonormal columns when ``c_out >= c_in``, rows otherwise). Kernels need not be square, and
+    1-D and 3-D convs get one projection per axis. A tap can be zero only for very few channels
+    (a projection equal to 0 or I, probability ``2^(1 - n)`` per axis for ``n = max(c_out,
+    c_in)``); a 1x1 block (depthwise with ``groups``) is a single ``+-gain`` tap at a corner or
+    the origin of the kernel, a circular shift.
+
+    Args:
+        tensor: conv weight ``(c_out, c_in/groups, *kernel)``, 1-3 odd kernel dims, any device.
+        gain: every singular value of the circular convolution.
+        generator: CPU generator for every draw (computed in float64, then cast).
+        groups: the conv's groups: an independent orthogonal kernel per group's block
+            ``(c_out/groups, c_in/groups)``; 1 treats the stored weight as one kernel (the
+            official code's rule for grouped convs).
+
+    Returns:
+        ``tensor``.
+
+    Raises:
+        ValueError: a 2-D or >5-D weight, even kernel sizes, groups < 1 or not dividing c_out.
+        TypeError: non-tensor or non-floating tensor, non-integer groups.
+
+    Example:
+        >>> w = torch.empty(64, 32, 3, 3)
+        >>> conv_orthogonal_(w, generator=torch.Generator().manual_seed(0))
+    """
+    if isinstance(tensor, torch.Tensor) and tensor.dim() == 2:
+        raise ValueError(f"conv_orthogonal_ needs a conv weight (c_out, c_in/groups, *kernel); "
+                         f"got the 2-D shape {tuple(tensor.shape)} (use orthogonal_)")
+    if not _check_weight(tensor, "conv_orthogonal_", "a same-size circular conv pads "
+                         "(k - 1) / 2 on each side, the setting in which it is an isometry"):
+        return tensor
+    groups = _check_groups(tensor, groups, "conv_orthogonal_")
+    gain = check_gain(gain)
+    generator = check_generator(generator)
+    c_out, c_in = tensor.shape[0], tensor.shape[1]
+    kernel = tuple(tensor.shape[2:])
+    blocks = _conv_orthogonal_blocks(groups, c_out // groups, c_in, kernel, generator)
+    tensor.copy_((gain * blocks).reshape(tensor.shape))  # blocks stacked along c_out
+    return tensor
 
 
 @torch.no_grad()
 def orthogonal_(
-    tensor: torch.Tensor, gain: float = 1.0, *, generator: torch.Generator | None = None
+    tensor: torch.Tensor,
+    gain: float = 1.0,
+    *,
+    generator: torch.Generator | None = None,
+    conv: ConvRule = "delta",
+    groups: int = 1,
 ) -> torch.Tensor:
-    """Fill ``tensor`` with a dense orthogonal matrix, or a dense delta-orthogonal conv kernel.
+    """Fill ``tensor`` with a dense orthogonal matrix, or a dense orthogonal conv kernel.
 
-    2-D: ``torch.nn.init.orthogonal_`` (QR of a Gaussian matrix). Conv ``(c_out, c_in, *kernel)``:
-    zeros except the centre tap, which holds that orthogonal ``c_out x c_in`` matrix (Xiao et al.
-    (2018), arXiv 1806.05393). Draws are made on the CPU from ``generator``.
+    2-D: ``torch.nn.init.orthogonal_`` (QR of a Gaussian matrix). Conv ``(c_out, c_in, *kernel)``
+    by the rule ``conv`` (:data:`ConvRule`): ``"delta"`` (default) zeros except the centre tap,
+    which holds that orthogonal ``c_out x c_in`` matrix (Xiao et al. (2018), arXiv 1806.05393,
+    Algorithm 2); ``"conv-orthogonal"`` :func:`conv_orthogonal_` (Algorithm 1, every tap nonzero,
+    the official EOI code's dense conv init); ``"flat"`` an orthogonal matrix of the flattened
+    ``(c_out, c_in * K)`` shape. With ``groups=G`` each group's block ``(c_out/G, c_in/G, ...)``
+    gets its own. Draws are made on the CPU from ``generator``.
+
+    Raises:
+        ValueError: as :func:`eoi_`, and an unknown ``conv`` rule (listing the valid ones).
 
     Example:
         >>> orthogonal_(torch.empty(64, 32, 3, 3), generator=torch.Generator().manual_seed(0))
     """
     if not _check_weight(tensor, "orthogonal_"):
         return tensor
+    conv = _check_conv_rule(conv, "orthogonal_")
+    groups = _check_groups(tensor, groups, "orthogonal_")
     gain = check_gain(gain)
     generator = check_generator(generator)
-    matrix = torch.empty(tensor.shape[0], tensor.shape[1], dtype=_compute_dtype(tensor.dtype))
-    torch.nn.init.orthogonal_(matrix, gain=gain, generator=generator)
-    if tensor.dim() == 2:
-        return tensor.copy_(matrix)
+    if tensor.dim() > 2 and conv == "conv-orthogonal":
+        return conv_orthogonal_(tensor, gain, generator=generator, groups=groups)
+    rows, c_in = tensor.shape[0] // groups, tensor.shape[1]
+    cols = c_in if conv == "delta" or tensor.dim() == 2 else tensor[0].numel()
+    blocks = []
+    for _ in range(groups):  # one orthogonal matrix per group, in group order
+        matrix = torch.empty(rows, cols, dtype=_compute_dtype(tensor.dtype))
+        torch.nn.init.orthogonal_(matrix, gain=gain, generator=generator)
+        blocks.append(matrix)
+    matrix = torch.cat(blocks) if groups > 1 else blocks[0]  # (c_out, cols)
+    if tensor.dim() == 2 or conv == "flat":
+        return tensor.copy_(matrix.reshape(tensor.shape))
     centre = tuple(k // 2 for k in tensor.shape[2:])
     tensor.zero_()
     tensor[(slice(None), slice(None), *centre)] = matrix.to(tensor.device)
