@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from orthosparse.baselines.ai import approximate_isometry_, isometry_loss
+from orthosparse.init import conv_orthogonal_, orthogonal_
 
 
 def gen(seed=0):
@@ -134,6 +135,54 @@ def test_bad_arguments_raise():
         approximate_isometry_([torch.zeros(4)], [torch.ones(4, dtype=torch.bool)])
     with pytest.raises(TypeError, match="must be floating point"):
         approximate_isometry_([torch.zeros(4, 4, dtype=torch.int64)], [m])
+
+
+def test_conv_start_rules():
+    shape = (8, 4, 3, 3)
+    full = torch.ones(shape, dtype=torch.bool)
+    # default "flat": an orthogonal matrix of the flattened (8, 36) shape, every entry nonzero
+    flat = torch.empty(shape)
+    approximate_isometry_([flat], [full], iterations=0, generator=gen(1))
+    assert isometry_loss(flat) < 1e-5 and (flat != 0).all()
+    # "conv-orthogonal" starts from conv_orthogonal_ (the official AI start), "delta" from the
+    # centre-only kernel; linear layers keep their QR start whatever the conv rule
+    for rule, reference in (("conv-orthogonal", conv_orthogonal_),
+                            ("delta", lambda w, g, generator: orthogonal_(w, g,
+                                                                        generator=generator))):
+        w, lin = torch.empty(shape), torch.empty(6, 10)
+        approximate_isometry_([w, lin], [full, torch.ones(6, 10, dtype=torch.bool)], gain=1.5,
+                              iterations=0, generator=gen(2), conv=rule)
+        expected = reference(torch.empty(shape), 1.5, generator=gen(2))
+        assert torch.equal(w, expected)
+        lin_flat = torch.empty(6, 10)
+        g = gen(2)
+        reference(torch.empty(shape), 1.5, generator=g)  # same draws before the linear layer
+        approximate_isometry_([lin_flat], [torch.ones(6, 10, dtype=torch.bool)], gain=1.5,
+                              iterations=0, generator=g)
+        assert torch.equal(lin, lin_flat)
+    # the start is masked, and AI then lowers the flattened loss from there
+    mask = torch.rand(shape, generator=gen(3)) < 0.5
+    w = torch.empty(shape)
+    (start,) = approximate_isometry_([w], [mask], iterations=0, generator=gen(4),
+                                     conv="conv-orthogonal")
+    assert not w[~mask].any()
+    w = torch.empty(shape)
+    (end,) = approximate_isometry_([w], [mask], iterations=200, lr=0.01, generator=gen(4),
+                                   conv="conv-orthogonal")
+    assert end < start
+
+
+def test_conv_start_errors():
+    w, m = torch.zeros(4, 4, 3, 3), torch.ones(4, 4, 3, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"conv='xiao' must be one of: 'flat', 'delta', "
+                                         r"'conv-orthogonal'"):
+        approximate_isometry_([w], [m], conv="xiao")
+    with pytest.raises(ValueError, match=r"conv='delta' chooses the orthogonal start .* "
+                                         r"start='current' keeps"):
+        approximate_isometry_([w], [m], start="current", conv="delta")
+    with pytest.raises(ValueError, match=r"odd kernel sizes"):
+        approximate_isometry_([torch.zeros(4, 4, 2, 2)], [torch.ones(4, 4, 2, 2, dtype=bool)],
+                              conv="conv-orthogonal")
 
 
 @pytest.mark.gpu

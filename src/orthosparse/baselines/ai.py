@@ -7,7 +7,9 @@ jointly, with plain SGD (the paper: lr 0.1, 10,000 iterations; 1,000 for the 100
     L(W) = sum_l || V_l V_l^T - gain^2 I ||_F,       V_l = M_l * W_l  flattened to (c_out, fan_in)
 
 with the Gram matrix taken on the smaller side (``V^T V`` for tall layers), starting from masked
-orthogonal weights. Zeros of the mask stay exactly zero: the update is multiplied by the mask.
+orthogonal weights (for convs: a flattened orthogonal matrix by default, or the delta or
+``conv_orthogonal`` kernel, option ``conv``). Zeros of the mask stay exactly zero: the update
+is multiplied by the mask.
 
 Derivation of the gradient used below (wide ``V``, ``E = V V^T - gain^2 I`` symmetric):
 ``dL = <E, dV V^T + V dV^T> / ||E||_F = <2 E V / ||E||_F, dV>``, so
@@ -31,10 +33,17 @@ import torch
 from torch import Tensor
 
 from .._checks import check_generator
+from ..init import orthogonal_
 
-__all__ = ["AIStart", "approximate_isometry_", "isometry_loss"]
+__all__ = ["AIConv", "AIStart", "approximate_isometry_", "isometry_loss"]
 
 AIStart = Literal["orthogonal", "current"]
+AIConv = Literal["flat", "delta", "conv-orthogonal"]
+"""The orthogonal start of a conv weight: ``"flat"`` an orthogonal matrix of the flattened
+``(c_out, c_in * K)`` shape; ``"delta"`` delta-orthogonal (centre tap only); ``"conv-orthogonal"``
+:func:`orthosparse.init.conv_orthogonal_` (every tap nonzero; the official EOI code, whose AI
+starts from the model's ``conv_orthogonal`` weights, docs/protocol.md)."""
+AI_CONV_STARTS: tuple[str, ...] = ("flat", "delta", "conv-orthogonal")
 
 
 def _check_positive_float(value: object, name: str) -> float:
@@ -122,6 +131,7 @@ def approximate_isometry_(
     lr: float = 0.1,
     start: AIStart = "orthogonal",
     generator: torch.Generator | None = None,
+    conv: AIConv = "flat",
 ) -> list[float]:
     """Fill masked weights in place by SGD on the approximate-isometry loss; return final losses.
 
@@ -141,9 +151,13 @@ def approximate_isometry_(
         lr: SGD learning rate (paper: 0.1).
         start: ``"orthogonal"`` refills every weight with a dense orthogonal matrix of its
             flattened shape (``gain`` scaled, QR of a Gaussian drawn from ``generator``; convs
-            are not delta-orthogonal here, the objective is the flattened matrix) before masking,
-            as in the paper; ``"current"`` starts from the weights as given (masked).
+            by default, ``conv`` below) before masking, as in the paper; ``"current"`` starts
+            from the weights as given (masked).
         generator: CPU generator for the orthogonal start.
+        conv: the orthogonal start of conv weights (:data:`AIConv`): ``"flat"`` (default, the
+            flattened matrix), ``"delta"`` or ``"conv-orthogonal"`` (the official code's);
+            Linear weights always start from a QR of the flattened shape. Only with
+            ``start="orthogonal"``.
 
     Returns:
         The loss ``||V V^T - gain^2 I||_F`` of each layer after the last step, in input order.
@@ -151,7 +165,8 @@ def approximate_isometry_(
     Raises:
         TypeError: non-tensor inputs, non-float weights, non-bool masks, bad option types.
         ValueError: length or shape mismatch, unsupported weight rank, non-positive lr or gain,
-            negative iterations, unknown ``start``.
+            negative iterations, unknown ``start`` or ``conv``, ``conv`` other than ``"flat"``
+            with ``start="current"``, an even conv kernel with ``"delta"``/``"conv-orthogonal"``.
 
     Example:
         >>> w, m = torch.empty(64, 64), torch.rand(64, 64) < 0.1
@@ -166,6 +181,11 @@ def approximate_isometry_(
         raise ValueError(f"iterations={iterations} must be >= 0")
     if start not in ("orthogonal", "current"):
         raise ValueError(f"start={start!r} must be one of: 'orthogonal', 'current'")
+    if not isinstance(conv, str) or conv not in AI_CONV_STARTS:
+        raise ValueError(f"conv={conv!r} must be one of: {', '.join(map(repr, AI_CONV_STARTS))}")
+    if start == "current" and conv != "flat":
+        raise ValueError(f"conv={conv!r} chooses the orthogonal start of convs; start='current' "
+                         f"keeps the given weights (use start='orthogonal')")
     generator = check_generator(generator)
     weights = list(weights) if not isinstance(weights, Tensor) else weights
     masks = _check_inputs(weights, masks)
@@ -182,7 +202,10 @@ def approximate_isometry_(
         if start == "orthogonal":
             # Drawn in input order so a seed gives the same start however layers are grouped.
             for w in weights:
-                w.copy_(_orthogonal_start(w, gain, generator).to(w.dtype))
+                if w.dim() > 2 and conv != "flat":
+                    orthogonal_(w, gain, generator=generator, conv=conv)
+                else:
+                    w.copy_(_orthogonal_start(w, gain, generator).to(w.dtype))
         for (rows, _, dtype, device), idx in groups.items():
             work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
             v = torch.stack([_flat_wide(weights[i]) for i in idx]).to(work)  # (n, r, c)
