@@ -52,10 +52,13 @@ def test_registry_lists_all_schemes_and_rejects_unknown():
         assert name in names
     assert names == sorted(names)
     with pytest.raises(ValueError, match=r"unknown init scheme 'eo'; choose one of: "
-                                         r"ai, eoi, kaiming"):
+                                         r"ai, conv-orthogonal, eoi, kaiming"):
         init_layers("eo", make_mlp(), None)
     assert get_scheme("eoi").own_masks and not get_scheme("kaiming").own_masks
-    assert get_scheme("eoi").options == ["center_density"]
+    assert get_scheme("eoi").options == ["center_density", "grouped"]
+    assert get_scheme("orthogonal").options == ["conv", "grouped"]
+    assert get_scheme("conv-orthogonal").options == ["grouped"]
+    assert get_scheme("ai").options == ["iterations", "lr", "start", "conv"]
 
 
 def test_register_scheme_from_another_module():
@@ -344,3 +347,132 @@ def test_init_layers_errors():
     with pytest.raises(TypeError, match=r"unknown option\(s\) 'center_density' for "
                                         r"init scheme 'kaiming'"):
         init_layers("kaiming", model, masks, center_density=0.5)
+
+
+# ----------------------------------------------------------------------------- conv rules, groups
+def make_grouped() -> nn.Module:
+    """A stem conv, a depthwise 3x3 and a grouped 1x1 (EfficientNet-like)."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Tanh(),
+                         nn.Conv2d(8, 16, 1, groups=2))
+
+
+def centre(w: torch.Tensor) -> torch.Tensor:
+    return w[(slice(None), slice(None), *(k // 2 for k in w.shape[2:]))]
+
+
+def test_conv_orthogonal_scheme_every_tap_then_masked():
+    from orthosparse.init import conv_orthogonal_, orthogonal_
+
+    model, masks = make_cnn(), random_masks(make_cnn(), 0.5)
+    final = init_layers("conv-orthogonal", model, masks, gain=1.2, generator=gen(3))
+    assert all(torch.equal(final[n], masks[n]) for n in masks)
+    g = gen(3)  # the same draws, layer by layer: conv_orthogonal_ for convs, QR for Linear
+    expected = [conv_orthogonal_(torch.empty(8, 3, 3, 3), 1.2, generator=g),
+                conv_orthogonal_(torch.empty(16, 8, 3, 3), 1.2, generator=g),
+                orthogonal_(torch.empty(10, 256), 1.2, generator=g)]
+    for layer, w in zip(prunable_layers(model), expected, strict=True):
+        torch.testing.assert_close(layer.weight.detach(), w * masks[layer.name])
+    # the orthogonal scheme's conv option reaches the same weights
+    other = make_cnn()
+    init_layers("orthogonal", other, masks, gain=1.2, generator=gen(3), conv="conv-orthogonal")
+    for a, b in zip(prunable_layers(model), prunable_layers(other), strict=True):
+        assert torch.equal(a.weight, b.weight)
+
+
+def test_orthogonal_conv_option_default_is_delta():
+    a, b = make_cnn(), make_cnn()
+    init_layers("orthogonal", a, None, generator=gen(1))
+    init_layers("orthogonal", b, None, generator=gen(1), conv="delta")
+    assert torch.equal(a[0].weight, b[0].weight)
+    assert int((a[0].weight.abs().sum(dim=(0, 1)) > 0).sum()) == 1  # centre tap only
+    init_layers("orthogonal", b, None, generator=gen(1), conv="flat")
+    assert_orthogonal(b[3].weight.detach().reshape(16, -1), 1.0)
+
+
+def test_eoi_grouped_blocks_by_default_paper_by_name():
+    model = make_grouped()
+    densities = {layer.name: 0.5 for layer in prunable_layers(model)}
+    with pytest.warns(UserWarning, match=r"init 'eoi' leaves layer '0.weight'"):  # 3 -> 8, tall
+        init_layers("eoi", model, None, densities=densities, generator=gen())
+    torch.testing.assert_close(centre(model[2].weight).abs().flatten(), torch.ones(8))
+    for block in centre(model[4].weight).detach().reshape(2, 8, 4):  # two (8, 4) blocks
+        assert_orthogonal(block, 1.0)
+    paper = make_grouped()
+    with pytest.warns(UserWarning, match=r"init 'eoi' leaves layer '2.weight' with dead "
+                                         r"channels at initialization: \d+ of 8 output "
+                                         r"channels have all-zero weights"):
+        init_layers("eoi", paper, None, densities=densities, generator=gen(), grouped="paper")
+    assert (centre(paper[2].weight).flatten() == 0).any()
+    assert_orthogonal(centre(paper[2].weight).detach(), 1.0)  # one (8, 1) unit column
+
+
+def test_orthogonal_schemes_grouped_option():
+    model = make_grouped()
+    init_layers("orthogonal", model, None, generator=gen())
+    torch.testing.assert_close(centre(model[2].weight).abs().flatten(), torch.ones(8))
+    init_layers("conv-orthogonal", model, None, generator=gen(), grouped="paper")
+    assert (model[2].weight.reshape(8, 9) != 0).sum(dim=1).min() > 1  # one (8, 1) kernel
+
+
+@pytest.mark.parametrize("scheme,option,value,allowed", [
+    ("eoi", "grouped", "depthwise", "'blocks', 'paper'"),
+    ("orthogonal", "conv", "xiao", "'delta', 'conv-orthogonal', 'flat'"),
+    ("conv-orthogonal", "grouped", 1, "'blocks', 'paper'"),
+    ("ai", "conv", "orthogonal", "'flat', 'delta', 'conv-orthogonal'"),
+])
+def test_option_choices_checked_before_any_work(scheme, option, value, allowed):
+    model = make_cnn()
+    before = weights(model)
+    with pytest.raises(ValueError, match=rf"{option}={value!r} for init scheme '{scheme}' must "
+                                         rf"be one of: {allowed}"):
+        init_layers(scheme, model, random_masks(model), **{option: value})
+    assert all(torch.equal(before[n], w) for n, w in weights(model).items())
+
+
+def test_ai_conv_option_reaches_the_start():
+    from orthosparse.init import conv_orthogonal_
+
+    model = make_cnn()
+    masks = {n: torch.ones_like(m) for n, m in random_masks(model).items()}
+    init_layers("ai", model, masks, generator=gen(2), iterations=0, conv="conv-orthogonal")
+    torch.testing.assert_close(model[0].weight.detach(),
+                               conv_orthogonal_(torch.empty(8, 3, 3, 3), generator=gen(2)))
+
+
+# ----------------------------------------------------------------------------- dead channels
+def test_dead_channels_warning_names_layer_counts_and_indices():
+    from orthosparse.schemes import dead_channels
+
+    model = make_mlp()
+    masks = {n: torch.ones_like(m) for n, m in random_masks(model).items()}
+    masks["2.weight"][[3, 5]] = False  # two output rows of layer 2 pruned away
+    masks["4.weight"][:, 7] = False  # input 7 of the last layer never read
+    with pytest.warns(UserWarning) as record:
+        init_layers("orthogonal", model, masks, generator=gen())
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 2
+    assert messages[0] == ("init 'orthogonal' leaves layer '2.weight' with dead channels at "
+                           "initialization: 2 of 32 output channels have all-zero weights "
+                           "[3, 5] (2 with no trainable weight)")
+    assert messages[1].startswith("init 'orthogonal' leaves layer '4.weight' with dead channels "
+                                  "at initialization: 1 of 32 input channels are read by no "
+                                  "nonzero weight [7] (1 with no trainable weight)")
+    assert record[0].filename == __file__  # points at the caller
+    w = torch.zeros(4, 2, 3, 3)
+    w[0, 1, 0, 0] = 1.0
+    out, inp = dead_channels(w, groups=2)  # Conv2d(4, 4, 3, groups=2)
+    assert out.tolist() == [1, 2, 3] and inp.tolist() == [0, 2, 3]
+
+
+@pytest.mark.parametrize("scheme", ["eoi", "orthogonal", "conv-orthogonal", "kaiming",
+                                    "sparse-kaiming", "none", "ai"])
+def test_no_dead_channel_warning_for_dense_or_ordinary_layers(scheme):
+    import warnings
+
+    model = make_cnn()
+    masks = {n: torch.ones_like(m) for n, m in random_masks(model).items()}
+    options = {"iterations": 2} if scheme == "ai" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        init_layers(scheme, model, masks, generator=gen(), **options)

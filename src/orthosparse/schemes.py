@@ -7,8 +7,8 @@ runs the scheme without autograd (:func:`run_scheme`, which ``sparsify`` calls a
 at its own boundary), zeroes the pruned entries, sets the biases and checks the result. Two kinds
 of scheme exist:
 
-* ``own_masks=False`` keep the given masks and only choose values (``orthogonal``, ``kaiming``,
-  ``sparse-kaiming``, ``none``, ``ai``);
+* ``own_masks=False`` keep the given masks and only choose values (``orthogonal``,
+  ``conv-orthogonal``, ``kaiming``, ``sparse-kaiming``, ``none``, ``ai``);
 * ``own_masks=True`` use only the per-layer *densities* and choose the positions themselves
   (``eoi``: the support of the Givens rotations; ``sao``). ``sparsify`` then asks the mask method
   for densities only, so no mask position is drawn and thrown away (docs/design.md §3).
@@ -25,6 +25,15 @@ Registering a scheme from another module::
 
 Keyword-only parameters after ``gain`` and ``generator`` are the scheme's options; unknown
 options raise a ``TypeError`` listing them.
+
+Grouped convolutions (``nn.Conv2d(..., groups=G)``): the option ``grouped`` of ``eoi``,
+``orthogonal`` and ``conv-orthogonal`` chooses ``"blocks"`` (default: each group's
+``(c_out/G, c_in/G)`` block gets its own orthogonal matrix, so the layer is an isometry) or
+``"paper"`` (the EOI paper's and its official code's rule: the stored ``(c_out, c_in/G)`` matrix
+as one, which leaves depthwise channels dead at initialization).
+
+Every scheme is followed by a check for dead channels: a warning names each layer left with an
+output channel whose weights are all zero, or an input channel no nonzero weight reads.
 """
 
 from __future__ import annotations
@@ -45,21 +54,33 @@ from ._layers import PrunableLayer, prunable_layers
 from ._registry import Registry
 from .baselines.ai import approximate_isometry_
 from .baselines.sao import sao_layers_
-from .init import eoi_group_, orthogonal_
+from .init import CONV_RULES, conv_orthogonal_, eoi_group_, orthogonal_
 
 __all__ = [
     "SCHEMES",
     "Scheme",
     "SchemeName",
+    "dead_channels",
     "get_scheme",
     "init_layers",
     "list_inits",
     "register_scheme",
 ]
 
-SchemeName = Literal["eoi", "orthogonal", "kaiming", "sparse-kaiming", "none", "ai", "sao"]
+SchemeName = Literal["eoi", "orthogonal", "conv-orthogonal", "kaiming", "sparse-kaiming", "none",
+                     "ai", "sao"]
 SchemeFn = Callable[..., Mapping[str, Tensor]]
 _COMMON = ("gain", "generator")
+Grouped = Literal["blocks", "paper"]
+GROUPED: tuple[str, ...] = ("blocks", "paper")
+# Options whose value is one of a few names, checked before any work: (scheme, option) -> names.
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("eoi", "grouped"): GROUPED,
+    ("orthogonal", "grouped"): GROUPED,
+    ("orthogonal", "conv"): CONV_RULES,
+    ("conv-orthogonal", "grouped"): GROUPED,
+    ("ai", "conv"): ("flat", "delta", "conv-orthogonal"),
+}
 
 
 @dataclass(frozen=True)
@@ -121,6 +142,65 @@ def _cpu_work(weight: Tensor) -> Tensor:
     return torch.empty(weight.shape, dtype=dtype)
 
 
+def _groups(layer: PrunableLayer, grouped: str) -> int:
+    """The groups an init gives ``layer``: the conv's own with ``"blocks"``, else 1."""
+    module = layer.module
+    if grouped == "paper" or not isinstance(module, nn.modules.conv._ConvNd) \
+            or layer.weight.dim() < 3:
+        return 1
+    return int(module.groups)
+
+
+def _layer_groups(layer: PrunableLayer) -> int:
+    """The groups of the operator ``layer`` computes (1 for anything but a grouped conv)."""
+    return _groups(layer, "blocks")
+
+
+def _shown(indices: Tensor, limit: int = 8) -> str:
+    shown = ", ".join(str(i) for i in indices[:limit].tolist())
+    return f"[{shown}{', ...' if indices.numel() > limit else ''}]"
+
+
+def dead_channels(weight: Tensor, groups: int = 1) -> tuple[Tensor, Tensor]:
+    """Return the indices of the dead output and input channels of a weight.
+
+    An output channel is dead when its whole weight row ``weight[o]`` is zero; an input channel
+    when no nonzero weight reads it (with ``groups``, input channel ``g * (c_in/groups) + j``
+    is read only by block ``g``'s column ``j``). Pass a bool mask to count the channels no
+    trainable weight can ever revive.
+
+    Args:
+        weight: ``(out, in)`` or ``(c_out, c_in/groups, *kernel)``.
+        groups: the conv's groups.
+    """
+    nonzero = (weight != 0).reshape(weight.shape[0], weight.shape[1], -1).any(dim=2)  # (o, i)
+    dead_out = torch.nonzero(~nonzero.any(dim=1)).flatten()
+    blocks = nonzero.reshape(groups, weight.shape[0] // groups, weight.shape[1])  # (g, o/g, i)
+    dead_in = torch.nonzero(~blocks.any(dim=1).flatten()).flatten()
+    return dead_out.cpu(), dead_in.cpu()
+
+
+def _warn_dead_channels(scheme: str, layers: Sequence[PrunableLayer],
+                        masks: Mapping[str, Tensor], stacklevel: int) -> None:
+    for layer in layers:
+        groups = _layer_groups(layer)
+        dead_out, dead_in = dead_channels(layer.weight, groups)
+        if not dead_out.numel() and not dead_in.numel():
+            continue
+        never_out, never_in = dead_channels(masks[layer.name], groups)
+        c_out, c_in = layer.weight.shape[0], layer.weight.shape[1] * groups
+        parts = []
+        if dead_out.numel():
+            parts.append(f"{dead_out.numel()} of {c_out} output channels have all-zero weights "
+                         f"{_shown(dead_out)} ({never_out.numel()} with no trainable weight)")
+        if dead_in.numel():
+            parts.append(f"{dead_in.numel()} of {c_in} input channels are read by no nonzero "
+                         f"weight {_shown(dead_in)} ({never_in.numel()} with no trainable "
+                         f"weight)")
+        warnings.warn(f"init {scheme!r} leaves layer {layer.name!r} with dead channels at "
+                      f"initialization: {'; '.join(parts)}", stacklevel=stacklevel)
+
+
 def _names(layers: Sequence[PrunableLayer]) -> str:
     shown = ", ".join(repr(layer.name) for layer in layers[:3])
     return shown + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
@@ -130,25 +210,29 @@ def _names(layers: Sequence[PrunableLayer]) -> str:
 @register_scheme("eoi", own_masks=True)
 def _eoi(layers: list[PrunableLayer], masks: Mapping[str, Tensor] | None,
          densities: Mapping[str, float], *, gain: float, generator: torch.Generator | None,
-         center_density: float | str | None = None) -> dict[str, Tensor]:
+         center_density: float | str | None = None, grouped: Grouped = "blocks"
+         ) -> dict[str, Tensor]:
     """Exact Orthogonal Initialization: the rotations choose the positions.
 
     `Sparser, Better, Deeper, Stronger: Improving Static Sparse Training with Exact Orthogonal
     Initialization` - Nowak et al. (2024), arXiv 2406.01755. Layers of equal shape, density,
-    dtype and device are generated in one batched call (``orthosparse.init.eoi_group_``); convs
-    get the sparse delta-orthogonal kernel (``center_density``: see ``orthosparse.init``).
+    dtype, device and groups are generated in one batched call (``orthosparse.init.eoi_group_``);
+    convs get the sparse delta-orthogonal kernel (``center_density``: see ``orthosparse.init``),
+    grouped convs one exact orthogonal centre block per group (``grouped="blocks"``) or the
+    paper's one matrix (``grouped="paper"``).
     """
     groups: dict[tuple, list[PrunableLayer]] = {}
     for layer in layers:
         w = layer.weight
-        key = (tuple(w.shape), densities[layer.name], w.dtype, w.device)
+        key = (tuple(w.shape), densities[layer.name], w.dtype, w.device, _groups(layer, grouped))
         groups.setdefault(key, []).append(layer)
     out: dict[str, Tensor] = {}
-    for (_, density, _, _), group in groups.items():
+    for (_, density, _, _, conv_groups), group in groups.items():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             got = eoi_group_([layer.weight for layer in group], density, gain=gain,
-                             generator=generator, center_density=center_density)
+                             generator=generator, center_density=center_density,
+                             groups=conv_groups)
         for warning in caught:  # the core does not know the layer names: add them
             warnings.warn(f"layer {_names(group)}: {warning.message}", warning.category,
                           stacklevel=3)
@@ -159,10 +243,37 @@ def _eoi(layers: list[PrunableLayer], masks: Mapping[str, Tensor] | None,
 @register_scheme("orthogonal")
 def _orthogonal(layers: list[PrunableLayer], masks: Mapping[str, Tensor],
                 densities: Mapping[str, float], *, gain: float,
-                generator: torch.Generator | None) -> Mapping[str, Tensor]:
-    """Dense orthogonal (delta-orthogonal for convs), then masked: the paper's baseline."""
+                generator: torch.Generator | None, conv: str = "delta",
+                grouped: Grouped = "blocks") -> Mapping[str, Tensor]:
+    """Dense orthogonal, then masked: the paper's baseline.
+
+    Convs by ``conv`` (``orthosparse.init.ConvRule``): ``"delta"`` (default, centre tap only),
+    ``"conv-orthogonal"`` (every tap, the official code's baseline; the same as the
+    ``conv-orthogonal`` scheme) or ``"flat"``.
+    """
     for layer in layers:
-        orthogonal_(layer.weight, gain, generator=generator)
+        orthogonal_(layer.weight, gain, generator=generator, conv=conv,
+                    groups=_groups(layer, grouped))
+    return masks
+
+
+@register_scheme("conv-orthogonal")
+def _conv_orthogonal(layers: list[PrunableLayer], masks: Mapping[str, Tensor],
+                     densities: Mapping[str, float], *, gain: float,
+                     generator: torch.Generator | None, grouped: Grouped = "blocks"
+                     ) -> Mapping[str, Tensor]:
+    """Dense orthogonal with every conv tap nonzero, then masked: the official baseline.
+
+    Linear weights: ``torch.nn.init.orthogonal_``; convs: ``orthosparse.init.conv_orthogonal_``
+    (`Dynamical Isometry and a Mean Field Theory of CNNs` - Xiao et al. (2018), arXiv
+    1806.05393, Algorithm 1), as the official EOI code's ``Orthogonal`` initializer does.
+    """
+    for layer in layers:
+        if layer.weight.dim() > 2:
+            conv_orthogonal_(layer.weight, gain, generator=generator,
+                             groups=_groups(layer, grouped))
+        else:
+            orthogonal_(layer.weight, gain, generator=generator)
     return masks
 
 
@@ -220,12 +331,14 @@ def _none(layers: list[PrunableLayer], masks: Mapping[str, Tensor],
 @register_scheme("ai")
 def _ai(layers: list[PrunableLayer], masks: Mapping[str, Tensor],
         densities: Mapping[str, float], *, gain: float, generator: torch.Generator | None,
-        iterations: int = 1000, lr: float = 0.1, start: str = "orthogonal"
-        ) -> Mapping[str, Tensor]:
-    """Approximate isometry on the given masks (``orthosparse.baselines.ai``)."""
+        iterations: int = 1000, lr: float = 0.1, start: str = "orthogonal",
+        conv: str = "flat") -> Mapping[str, Tensor]:
+    """Approximate isometry on the given masks (``orthosparse.baselines.ai``); ``conv`` is the
+    orthogonal start of conv weights (``"flat"``, ``"delta"``, ``"conv-orthogonal"``)."""
     approximate_isometry_([layer.weight for layer in layers],
                           [masks[layer.name] for layer in layers], gain=gain,
-                          iterations=iterations, lr=lr, start=start, generator=generator)
+                          iterations=iterations, lr=lr, start=start, generator=generator,
+                          conv=conv)
     return masks
 
 
@@ -302,6 +415,11 @@ def check_scheme_arguments(entry: Scheme, gain: object, bias_std: object,
         allowed = ", ".join(entry.options) or "(none)"
         raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for init scheme "
                         f"{entry.name!r}; its options are: {allowed}")
+    for key, value in options.items():
+        allowed = _CHOICES.get((entry.name, key))
+        if allowed is not None and (not isinstance(value, str) or value not in allowed):
+            raise ValueError(f"{key}={value!r} for init scheme {entry.name!r} must be one of: "
+                             f"{', '.join(map(repr, allowed))}")
     if entry.name == "none" and bias_std != 0.0:
         raise ValueError(f"init='none' keeps the model's biases; bias_std={bias_std} must be 0")
     return gain, bias_std
@@ -389,7 +507,8 @@ def run_scheme(entry: Scheme, layers: list[PrunableLayer], masks: Mapping[str, T
                generator: torch.Generator | None, options: Mapping[str, Any]
                ) -> dict[str, Tensor]:
     """:func:`init_layers` on checked arguments (``masks`` may be ``None`` only for a scheme
-    that builds its own); the scheme's output masks are still checked.
+    that builds its own); the scheme's output masks are still checked, and a warning names
+    every layer left with dead channels (:func:`dead_channels`).
 
     Schemes see every weight as ``(out, in, *kernel)``: a layer stored ``(in, out)`` (Hugging
     Face ``Conv1D``) is passed as its transposed view, its masks transposed both ways.
@@ -416,6 +535,7 @@ def run_scheme(entry: Scheme, layers: list[PrunableLayer], masks: Mapping[str, T
                         work = torch.empty(bias.shape, dtype=torch.float64)
                         work.normal_(0.0, bias_std, generator=generator)
                         bias.copy_(work)
+    _warn_dead_channels(entry.name, layers, final, stacklevel=4)
     if stored is not layers:
         final = {layer.name: layer.orient(final[layer.name]).contiguous() for layer in stored}
     return final
