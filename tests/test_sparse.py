@@ -178,14 +178,18 @@ def test_masks_follow_dtype_and_remask():
     assert torch.count_nonzero(model[0].weight.detach()[~new["0.weight"]]) == 0
 
 
-def test_frozen_parameter_gets_mask_without_hook():
+def test_frozen_parameter_gets_mask_and_hook_and_stays_frozen():
     model = make_mlp()
     model[0].weight.requires_grad_(False)
     masks = random_masks(model)
     apply_masks(model, masks)
+    assert not model[0].weight.requires_grad  # the hook was installed without unfreezing it
     assert torch.count_nonzero(model[0].weight[~masks["0.weight"]]) == 0
     loss_of(model, inputs(model)).backward()
     assert model[0].weight.grad is None
+    assert_pruned_zero(model, masks)
+    model[0].weight.requires_grad_(True)  # unfrozen later: its gradient is masked
+    loss_of(model, inputs(model)).backward()
     assert_pruned_zero(model, masks)
 
 

@@ -466,10 +466,6 @@ def _validate_masks(model: nn.Module, masks: object) -> list[Entry]:
     return checked
 
 
-def _shared_with(model: nn.Module, param: Tensor, name: str) -> list[str]:
-    return [n for n, _, _ in parameter_owners(model).get(id(param), []) if n != name]
-
-
 # ----------------------------------------------------------------------------- install / remove
 def apply_masks(model: nn.Module, masks: Mapping[str, Tensor] | None = None) -> nn.Module:
     """Install fixed masks on ``model`` in place and return it.
@@ -514,13 +510,14 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor] | None = None) -> 
         _bump()
         return model
     checked = _validate_masks(model, masks)
+    owners = parameter_owners(model)
     with torch.no_grad():
         for name, module, attr, param, mask in checked:
             stored = mask.detach().to(device=param.device, copy=True).contiguous()
             if int(torch.count_nonzero(stored)) == 0:
                 warnings.warn(f"mask for {name!r} keeps none of its {stored.numel()} entries: "
                               f"the parameter is all zeros and never trains", stacklevel=2)
-            others = [n for n, m, a in parameter_owners(model)[id(param)][1:]
+            others = [n for n, m, a in owners[id(param)][1:]
                       if not any(a == c for c, _ in _candidates(m))]
             if others:
                 warnings.warn(f"{name!r} is tied to {', '.join(map(repr, others))}, which cannot "
@@ -568,10 +565,10 @@ def remove_masks(model: nn.Module, names: Iterable[str] | None = None, *,
         chosen = list(entries)
     else:
         chosen = [names] if isinstance(names, str) else list(names)
-        aliases = {}
+        aliases, owners = {}, parameter_owners(model)
         for name, (_, _, _, param, _) in entries.items():
-            for other in _shared_with(model, param, name):
-                aliases[other] = name
+            for other, _, _ in owners.get(id(param), []):
+                aliases.setdefault(other, name)
         chosen = [aliases.get(n, n) for n in chosen]
         missing = [n for n in chosen if n not in entries]
         if missing:
@@ -605,9 +602,10 @@ def get_masks(model: nn.Module) -> dict[str, Tensor]:
 
 def _record_targets(model: nn.Module, targets: Mapping[str, float]) -> None:
     """Remember per-parameter target densities (shown by :func:`density_report`)."""
+    owners = parameter_owners(model)
     for name, target in targets.items():
-        module, attr, param = _owner(model, name)
-        _, module, attr = parameter_owners(model)[id(param)][0]
+        _, _, param = _owner(model, name)
+        _, module, attr = owners[id(param)][0]
         _guard(module, create=True).targets[attr] = float(target)
 
 
