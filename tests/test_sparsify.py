@@ -236,7 +236,7 @@ def test_sparsify_bad_names_and_types():
                                          r"erk"):
         sparsify(make_mlp(), 0.1, mask="erk2")
     with pytest.raises(ValueError, match=r"unknown init scheme 'eoii'; choose one of: "
-                                         r"ai, eoi"):
+                                         r"ai, conv-orthogonal, eoi"):
         sparsify(make_mlp(), 0.1, init="eoii")
     with pytest.raises(TypeError, match="mask must be a mask method name or a mapping"):
         sparsify(make_mlp(), 0.1, mask=3)
@@ -270,3 +270,96 @@ def test_sparsify_on_cuda_matches_cpu():
         assert torch.equal(m_gpu[name].cpu(), mask)  # draws are made on the CPU
         torch.testing.assert_close(gpu.get_parameter(name).detach().cpu(),
                                    cpu.get_parameter(name).detach(), rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- score_weights
+def snip_data(seed: int = 1) -> list:
+    g = gen(seed)
+    return [(torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 4, (8,), generator=g))]
+
+
+def test_score_weights_current_scores_the_model_as_given():
+    model = make_cnn()
+    expected = compute_masks("snip", make_cnn_like(model), 0.2, data=snip_data())
+    masks = sparsify(model, 0.2, mask="snip", init="kaiming", data=snip_data(), generator=gen())
+    assert all(torch.equal(masks[n], expected[n]) for n in expected)
+
+
+def make_cnn_like(model: nn.Module) -> nn.Module:
+    clone = make_cnn()
+    clone.load_state_dict(model.state_dict())
+    return clone
+
+
+def test_score_weights_scores_a_dense_draw_of_the_named_init():
+    from orthosparse.init import conv_orthogonal_
+
+    reference = make_cnn()
+    init_layers("conv-orthogonal", reference, None, gain=1.1, generator=gen())
+    expected = compute_masks("snip", reference, 0.2, data=snip_data())
+    scored = {n: p.detach().clone() for n, p in reference.named_parameters()}
+    assert (scored["0.weight"].abs().sum(dim=(0, 1)) > 0).all()  # every tap, not a delta
+    # init == score_weights: the scored weights are kept (masked), not drawn again
+    model = make_cnn()
+    masks = sparsify(model, 0.2, mask="snip", init="conv-orthogonal", data=snip_data(),
+                     gain=1.1, generator=gen(), score_weights="conv-orthogonal")
+    for name, p in model.named_parameters():
+        if name in masks:
+            assert torch.equal(masks[name], expected[name])
+            assert torch.equal(p.detach(), scored[name] * masks[name])
+    # init="none" keeps them as well; another init draws its own values after scoring
+    kept = make_cnn()
+    sparsify(kept, 0.2, mask="snip", init="none", data=snip_data(), gain=1.1, generator=gen(),
+             score_weights="conv-orthogonal")
+    assert torch.equal(kept[2].weight, model[2].weight)
+    other = make_cnn()
+    sparsify(other, 0.2, mask="snip", init="orthogonal", data=snip_data(), gain=1.1,
+             generator=gen(), score_weights="conv-orthogonal", conv="conv-orthogonal")
+    assert torch.equal(get_masks(other)["2.weight"], expected["2.weight"])
+    assert not torch.equal(other[2].weight, model[2].weight)
+    g = gen()
+    init_layers("conv-orthogonal", make_cnn(), None, gain=1.1, generator=g)  # the scoring draw
+    w = conv_orthogonal_(torch.empty(16, 3, 3, 3), 1.1, generator=g)  # then the init's own
+    torch.testing.assert_close(other[0].weight.detach(), w * expected["0.weight"])
+
+
+def test_score_weights_ai_current_starts_from_the_scored_weights():
+    reference = make_cnn()
+    init_layers("orthogonal", reference, None, generator=gen())
+    expected = compute_masks("snip", reference, 0.3, data=snip_data())
+    model = make_cnn()
+    sparsify(model, 0.3, mask="snip", init="ai", data=snip_data(), generator=gen(),
+             score_weights="orthogonal", start="current", iterations=0)
+    assert torch.equal(model[0].weight, reference[0].weight * expected["0.weight"])
+
+
+def test_score_weights_errors_and_exclude():
+    with pytest.raises(ValueError, match=r"score_weights='eoi' must be one of: 'current', "
+                                         r"'orthogonal', 'conv-orthogonal', 'kaiming'"):
+        sparsify(make_cnn(), 0.2, score_weights="eoi")
+    with pytest.raises(ValueError, match=r"grouped='x' for init scheme 'eoi' must be one of"):
+        sparsify(make_cnn(), 0.2, init="eoi", score_weights="conv-orthogonal", grouped="x")
+    model = make_cnn()
+    head = model[6].weight.detach().clone()
+    sparsify(model, 0.2, mask="snip", init="eoi", data=snip_data(), generator=gen(),
+             score_weights="kaiming", exclude=["6"])
+    assert torch.equal(model[6].weight, head)  # excluded layers are not re-initialized
+
+
+# ----------------------------------------------------------------------------- grouped convs
+def make_depthwise() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Tanh(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+def test_sparsify_passes_each_convs_groups():
+    model = make_depthwise()
+    sparsify(model, 0.5, mask={"*": 0.5}, init="eoi", generator=gen())
+    centre = model[2].weight.detach()[:, 0, 1, 1]
+    torch.testing.assert_close(centre.abs(), torch.ones(8))  # every channel an isometry
+    paper = make_depthwise()
+    with pytest.warns(UserWarning, match=r"init 'eoi' leaves layer '2.weight' with dead "
+                                         r"channels at initialization: \d+ of 8 output"):
+        sparsify(paper, 0.5, mask={"*": 0.5}, init="eoi", generator=gen(), grouped="paper")
+    assert (paper[2].weight.detach()[:, 0, 1, 1] == 0).any()

@@ -504,28 +504,34 @@ def init_layers(
 
 def run_scheme(entry: Scheme, layers: list[PrunableLayer], masks: Mapping[str, Tensor] | None,
                densities: Mapping[str, float], *, gain: float, bias_std: float,
-               generator: torch.Generator | None, options: Mapping[str, Any]
-               ) -> dict[str, Tensor]:
+               generator: torch.Generator | None, options: Mapping[str, Any],
+               keep_values: bool = False) -> dict[str, Tensor]:
     """:func:`init_layers` on checked arguments (``masks`` may be ``None`` only for a scheme
     that builds its own); the scheme's output masks are still checked, and a warning names
     every layer left with dead channels (:func:`dead_channels`).
 
     Schemes see every weight as ``(out, in, *kernel)``: a layer stored ``(in, out)`` (Hugging
     Face ``Conv1D``) is passed as its transposed view, its masks transposed both ways.
+
+    ``keep_values``: the weights and biases already hold this scheme's dense draw (``sparsify``
+    scored them, option ``score_weights``): only mask them (a scheme that keeps masks only).
     """
+    if keep_values and entry.own_masks:
+        raise AssertionError(f"keep_values needs a scheme that keeps masks, not {entry.name!r}")
     stored = layers
     if any(layer.transposed for layer in layers):
         layers = [layer.oriented() for layer in stored]
         if masks is not None:
             masks = {layer.name: layer.orient(masks[layer.name]) for layer in stored}
     with torch.no_grad():
-        result = entry.fn(layers, masks, densities, gain=gain, generator=generator, **options)
+        result = masks if keep_values else entry.fn(layers, masks, densities, gain=gain,
+                                                    generator=generator, **options)
         final = _check_mask_map(result, layers, f"the masks returned by init scheme "
                                                 f"{entry.name!r}")
         if not entry.own_masks:  # schemes that build their own masks build zeros off them
             for layer in layers:
                 layer.weight.masked_fill_(~final[layer.name], 0)
-        if entry.name != "none":
+        if entry.name != "none" and not keep_values:
             for layer in layers:
                 bias = getattr(layer.module, "bias", None)
                 if isinstance(bias, Tensor):

@@ -13,7 +13,9 @@ The pipeline (docs/design.md §3, the sparsify pipeline):
    own masks (``eoi``, ``sao``) takes only these, so a random method (``uniform``, ``erk``, ...)
    draws no position; any other scheme gets masks with uniformly random positions. Data-driven
    methods (``snip``, ``grasp``, ``synflow``) score the weights the model has when ``sparsify``
-   is called and their densities are those of their masks.
+   is called (``score_weights="current"``, the default) or a dense draw of a named init made
+   just before (``score_weights="conv-orthogonal"`` etc., the official code's protocol), and
+   their densities are those of their masks.
 4. ``orthosparse.schemes``: weights and biases by the init scheme; the masks it returns.
 5. ``orthosparse.sparse.apply_masks``: the masks become fixed (zero weights, masked gradients);
    warnings name weights tied to an unprunable module (left dense) and a large share of
@@ -49,7 +51,11 @@ from .sparse import (
 )
 from .sparse import remove_masks as _remove_masks
 
-__all__ = ["attach_optimizer", "density_report", "sparsify"]
+__all__ = ["SCORE_WEIGHTS", "attach_optimizer", "density_report", "sparsify"]
+
+SCORE_WEIGHTS: tuple[str, ...] = ("current", "orthogonal", "conv-orthogonal", "kaiming")
+"""Values of ``sparsify(score_weights=...)``: ``"current"`` (the model's weights) or the dense
+init scheme drawn before the mask method runs."""
 
 
 def _route(options: dict[str, Any], mask: object, mask_opts: list[str], init: str,
@@ -91,6 +97,7 @@ def sparsify(
     generator: torch.Generator | None = None,
     exclude: Iterable[object] | str | type = (),
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    score_weights: str = "current",
     **options: Any,
 ) -> dict[str, Tensor]:
     """Make ``model`` a static sparse network in place and return its masks.
@@ -117,6 +124,18 @@ def sparsify(
         exclude: module types or glob patterns of layers left untouched (dense, not
             re-initialized); a pattern matching nothing gives a warning.
         loss_fn: ``loss_fn(outputs, targets)`` for ``snip``/``grasp`` (default cross-entropy).
+        score_weights: the weights the mask method sees. ``"current"`` (default): the model's
+            own, as given (a pretrained or custom-initialized model is scored as it is).
+            ``"orthogonal"``, ``"conv-orthogonal"`` or ``"kaiming"``: first re-initialize every
+            sparsified layer densely with that init scheme (``gain``, ``bias_std``, this
+            ``generator``, and the init options it shares, e.g. ``grouped``), as the official
+            code scores SNIP/GraSP/SynFlow on its dense orthogonal model
+            (``conv-orthogonal``: ``conv_orthogonal`` for convs; docs/protocol.md). When
+            ``init`` is that same scheme, the scored weights are kept (masked) instead of drawn
+            again, as the official masked-orthogonal baseline keeps them; ``init="none"`` keeps
+            them too, and ``init="ai", start="current"`` starts AI from them (the official AI).
+            Random mask methods draw positions only, so the re-initialization matters for them
+            only through those kept weights.
         **options: options of the mask method (e.g. ``erk_power_scale``, ``rounds``) or of the
             init scheme (e.g. ``center_density``, ``nonlinearity``), routed by name.
 
@@ -124,8 +143,9 @@ def sparsify(
         ``{parameter name: bool mask}`` of every sparsified weight, as installed on the model.
 
     Raises:
-        ValueError: bad density, unknown mask or init name (listing the valid ones), a model
-            without prunable layers, any error of the mask method or scheme.
+        ValueError: bad density, unknown mask or init name (listing the valid ones), an unknown
+            ``score_weights`` (listing the valid ones), a model without prunable layers, any
+            error of the mask method or scheme.
         TypeError: bad argument types, an option no step takes.
 
     Example:
@@ -141,6 +161,14 @@ def sparsify(
     to_mask, to_init = _route(options, mask, method.options, init, scheme.options)
     check_gain(gain)  # the one gain rule of every entry point (orthosparse._checks)
     gain, bias_std = check_scheme_arguments(scheme, gain, bias_std, to_init)
+    if not isinstance(score_weights, str) or score_weights not in SCORE_WEIGHTS:
+        raise ValueError(f"score_weights={score_weights!r} must be one of: "
+                         f"{', '.join(map(repr, SCORE_WEIGHTS))}")
+    score = None if score_weights == "current" else get_scheme(score_weights)
+    score_opts = {} if score is None else {k: v for k, v in to_init.items()
+                                           if k in score.options}
+    if score is not None:
+        check_scheme_arguments(score, gain, bias_std, score_opts)
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     if not isinstance(exclude, (str, type, Iterable)):
@@ -160,6 +188,12 @@ def sparsify(
                       f"sparsify replaces them", stacklevel=2)
         _remove_masks(model, bake=False)
 
+    if score is not None:  # the dense weights the mask method sees (and a same init keeps)
+        run_scheme(score, layers, {layer.name: torch.ones(layer.weight.shape, dtype=torch.bool,
+                                                          device=layer.weight.device)
+                                   for layer in layers},
+                   {layer.name: 1.0 for layer in layers}, gain=gain, bias_std=bias_std,
+                   generator=generator, options=score_opts)
     if scheme.own_masks:  # the scheme picks positions: ask for densities only
         masks = None
         densities = densities_for(method, model, layers, density, data=data, loss_fn=loss_fn,
@@ -169,7 +203,8 @@ def sparsify(
                           loss_fn=loss_fn, options=to_mask)
         densities = {name: int(torch.count_nonzero(m)) / m.numel() for name, m in masks.items()}
     final = run_scheme(scheme, layers, masks, densities, gain=gain, bias_std=bias_std,
-                       generator=generator, options=to_init)
+                       generator=generator, options=to_init,
+                       keep_values=score is not None and score.name == scheme.name)
     apply_masks(model, final)
     _record_targets(model, densities)
     coverage_warnings(model, stacklevel=2)  # tied weights left dense, large unprunable share
