@@ -46,12 +46,15 @@ def batch(x=X, y=Y):
 
 
 # ----------------------------------------------------------------------------- hand oracles
-def np_grads(w1, w2, x, y, temperature=1.0):
-    """Cross-entropy (mean over the batch) gradients by the explicit backprop formulas."""
+def np_grads(w1, w2, x, y, temperature=1.0, loss="ce"):
+    """Gradients of the mean loss by the explicit backprop formulas: ``loss="ce"`` cross-entropy
+    of the logits / temperature, ``"nll"`` ``-mean_b o[b, y_b]`` (nll_loss of the raw logits)."""
     h = np.tanh(x @ w1.T + B1)                                  # (B, 4)
     o = (h @ w2.T + B2) / temperature                           # (B, 2)
     p = np.exp(o - o.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
+    if loss == "nll":
+        p = np.zeros_like(p)                                    # d(-o[y])/do = -onehot(y)
     d_o = (p - np.eye(2)[y]) / (len(x) * temperature)           # dL/d(pre-temperature logits)
     g2 = d_o.T @ h                                              # (2, 4)
     d_a = (d_o @ w2) * (1 - h ** 2)                             # (B, 4)
@@ -86,9 +89,10 @@ def np_keep_top(scores, k):
 
 
 def assert_clear_cut(scores, k, gap=1e-6):
-    """The oracle is meaningful only if the k-th and (k+1)-th scores are well apart."""
+    """The oracle is meaningful only if the k-th and (k+1)-th scores are well apart (``gap``
+    relative to the largest absolute score)."""
     flat = np.sort(np.concatenate([s.ravel() for s in scores]))[::-1]
-    assert k == flat.size or flat[k - 1] - flat[k] > gap
+    assert k == flat.size or flat[k - 1] - flat[k] > gap * np.abs(flat).max()
 
 
 def as_np(masks):
@@ -96,21 +100,35 @@ def as_np(masks):
 
 
 # ----------------------------------------------------------------------------- SNIP
-def test_snip_scores_match_hand_computation():
+@pytest.mark.parametrize(("loss", "oracle_loss"), [(None, "nll"), ("nll-logits", "nll"),
+                                                   ("cross-entropy", "ce")])
+def test_snip_scores_match_hand_computation(loss, oracle_loss):
+    # default: the official F.nll_loss of the raw logits, -mean_b o[b, y_b]
     net = toy()
-    g1, g2 = np_grads(W1, W2, X, Y)
-    scores = snip_scores(net, prunable_layers(net), [batch()])
+    g1, g2 = np_grads(W1, W2, X, Y, loss=oracle_loss)
+    scores = snip_scores(net, prunable_layers(net), [batch()], loss=loss)
     np.testing.assert_allclose(scores["0.weight"].numpy(), np.abs(g1 * W1), rtol=0, atol=1e-12)
     np.testing.assert_allclose(scores["2.weight"].numpy(), np.abs(g2 * W2), rtol=0, atol=1e-12)
 
 
+def test_snip_nll_logits_by_hand():
+    # -mean_b o[b, y_b]: dL/dW2[i, j] = -sum_{b: y_b = i} h[b, j] / B, independent of W2
+    h = np.tanh(X @ W1.T + B1)                                  # (5, 4)
+    g2 = -np.stack([h[Y == i].sum(0) for i in range(2)]) / len(X)
+    net = toy()
+    scores = snip_scores(net, prunable_layers(net), [batch()])
+    np.testing.assert_allclose(scores["2.weight"].numpy(), np.abs(g2 * W2), rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("d", [0.2, 0.35, 0.5, 0.8])
-def test_snip_keeps_hand_computed_top_k(d):
-    g1, g2 = np_grads(W1, W2, X, Y)
+@pytest.mark.parametrize(("options", "oracle_loss"), [({}, "nll"),
+                                                      ({"loss": "cross-entropy"}, "ce")])
+def test_snip_keeps_hand_computed_top_k(d, options, oracle_loss):
+    g1, g2 = np_grads(W1, W2, X, Y, loss=oracle_loss)
     oracle = [np.abs(g1 * W1), np.abs(g2 * W2)]
     k = math.floor(d * 20 + 0.5)
     assert_clear_cut(oracle, k)
-    masks = compute_masks("snip", toy(), d, data=[batch()])
+    masks = compute_masks("snip", toy(), d, data=[batch()], **options)
     for got, want in zip(as_np(masks), np_keep_top(oracle, k), strict=True):
         np.testing.assert_array_equal(got, want)
 
@@ -119,7 +137,7 @@ def test_snip_averages_gradients_over_batches():
     ga, gb = np_grads(W1, W2, X, Y), np_grads(W1, W2, X2, Y2)
     net = toy()
     data = [batch(), batch(X2, Y2), batch()]                   # the third batch is not used
-    scores = snip_scores(net, prunable_layers(net), data, batches=2)
+    scores = snip_scores(net, prunable_layers(net), data, batches=2, loss="cross-entropy")
     np.testing.assert_allclose(scores["0.weight"].numpy(), np.abs((ga[0] + gb[0]) / 2 * W1),
                                atol=1e-12, rtol=0)
     np.testing.assert_allclose(scores["2.weight"].numpy(), np.abs((ga[1] + gb[1]) / 2 * W2),
@@ -135,7 +153,7 @@ def test_snip_custom_loss_fn():
 
 
 def test_snip_in_float32():
-    g1, g2 = np_grads(W1, W2, X, Y)
+    g1, g2 = np_grads(W1, W2, X, Y, loss="nll")
     net = toy(torch.float32)
     x, y = batch()
     scores = snip_scores(net, prunable_layers(net), [(x.float(), y)])
@@ -146,29 +164,49 @@ def test_snip_in_float32():
 def test_grasp_scores_match_finite_difference_hessian():
     h1, h2 = np_hessian_grad(X, Y)
     net = toy()
-    scores = grasp_scores(net, prunable_layers(net), [batch()])
+    scores = grasp_scores(net, prunable_layers(net), [batch()], temperature=1.0)
     np.testing.assert_allclose(scores["0.weight"].numpy(), -W1 * h1, rtol=0, atol=1e-8)
     np.testing.assert_allclose(scores["2.weight"].numpy(), -W2 * h2, rtol=0, atol=1e-8)
 
 
-def test_grasp_temperature():
-    h1, h2 = np_hessian_grad(X, Y, temperature=2.0)
+@pytest.mark.parametrize(("options", "temperature"), [({"temperature": 2.0}, 2.0),
+                                                      ({}, 200.0)])
+def test_grasp_temperature(options, temperature):
+    # default temperature: 200, the official GraSP_v2's
+    h1, h2 = np_hessian_grad(X, Y, temperature=temperature)
     net = toy()
-    scores = grasp_scores(net, prunable_layers(net), [batch()], temperature=2.0)
-    np.testing.assert_allclose(scores["0.weight"].numpy(), -W1 * h1, rtol=0, atol=1e-8)
-    np.testing.assert_allclose(scores["2.weight"].numpy(), -W2 * h2, rtol=0, atol=1e-8)
+    scores = grasp_scores(net, prunable_layers(net), [batch()], **options)
+    scale = np.abs(W1 * h1).max()
+    np.testing.assert_allclose(scores["0.weight"].numpy(), -W1 * h1, rtol=0, atol=1e-6 * scale)
+    np.testing.assert_allclose(scores["2.weight"].numpy(), -W2 * h2, rtol=0, atol=1e-6 * scale)
 
 
 @pytest.mark.parametrize("d", [0.25, 0.5, 0.75])
-def test_grasp_removes_the_highest_scores(d):
+def test_grasp_wang_removes_the_highest_scores(d):
     # Wang et al. (2020): remove the top fraction of S(-w) = -w * Hg, i.e. keep the lowest.
     h1, h2 = np_hessian_grad(X, Y)
     neg = [W1 * h1, W2 * h2]                                    # -S: keep its largest
     k = math.floor(d * 20 + 0.5)
     assert_clear_cut(neg, k)
-    masks = compute_masks("grasp", toy(), d, data=[batch()])
+    masks = compute_masks("grasp", toy(), d, data=[batch()], variant="wang", temperature=1.0)
     for got, want in zip(as_np(masks), np_keep_top(neg, k), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("d", [0.25, 0.5, 0.75])
+def test_grasp_official_keeps_the_highest_scores(d):
+    # GraSP_v2 scores +w * Hg and keeps the lowest: the highest S = -w * Hg; default T = 200
+    h1, h2 = np_hessian_grad(X, Y, temperature=200.0)
+    s = [-W1 * h1, -W2 * h2]                                    # S: keep its largest
+    k = math.floor(d * 20 + 0.5)
+    assert_clear_cut(s, k)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                         # d=0.25 empties the last layer
+        masks = compute_masks("grasp", toy(), d, data=[batch()])
+        wang = compute_masks("grasp", toy(), d, data=[batch()], variant="wang")
+    for got, want in zip(as_np(masks), np_keep_top(s, k), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not all(torch.equal(wang[n], masks[n]) for n in masks)  # the two ends differ here
 
 
 def test_grasp_averages_over_batches():
@@ -184,9 +222,47 @@ def test_grasp_averages_over_batches():
 
     hg = [(a + b) / 2 for a, b in zip(hv(X, Y), hv(X2, Y2), strict=True)]
     net = toy()
-    scores = grasp_scores(net, prunable_layers(net), [batch(), batch(X2, Y2)], batches=2)
+    scores = grasp_scores(net, prunable_layers(net), [batch(), batch(X2, Y2)], batches=2,
+                          temperature=1.0)
     np.testing.assert_allclose(scores["0.weight"].numpy(), -W1 * hg[0], atol=1e-8, rtol=0)
     np.testing.assert_allclose(scores["2.weight"].numpy(), -W2 * hg[1], atol=1e-8, rtol=0)
+
+
+class Passes:
+    """A re-iterable data source that counts how often it is read."""
+
+    def __init__(self, batches):
+        self.batches, self.passes = batches, 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.batches)
+
+
+def test_grasp_reads_every_batch_by_default():
+    two = [batch(), batch(X2, Y2)]
+    net = toy()
+    want = grasp_scores(net, prunable_layers(net), two, batches=2)
+    source = Passes(two)
+    got = grasp_scores(net, prunable_layers(net), source)       # batches="all"
+    assert source.passes == 2                                   # g, then H g: the loader twice
+    once = grasp_scores(net, prunable_layers(net), iter(two))   # a one-shot iterator is kept
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+        torch.testing.assert_close(once[name], want[name], rtol=0, atol=0)
+    # an int takes that many batches once and reads them in both passes
+    source = Passes(two)
+    a = compute_masks("grasp", toy(), 0.5, data=source, batches=1)
+    b = compute_masks("grasp", toy(), 0.5, data=[batch()])
+    assert source.passes == 1 and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_snip_batches_all():
+    ga, gb = np_grads(W1, W2, X, Y, loss="nll"), np_grads(W1, W2, X2, Y2, loss="nll")
+    net = toy()
+    scores = snip_scores(net, prunable_layers(net), [batch(), batch(X2, Y2)], batches="all")
+    np.testing.assert_allclose(scores["2.weight"].numpy(), np.abs((ga[1] + gb[1]) / 2 * W2),
+                               atol=1e-12, rtol=0)
 
 
 # ----------------------------------------------------------------------------- SynFlow
@@ -221,7 +297,8 @@ def test_synflow_iterative_exponential_schedule(rounds, d):
     for r in range(1, rounds + 1):
         scores = np_synflow_scores(a1 * keep[0], a2 * keep[1])
         scores = [np.where(m, s, -np.inf) for s, m in zip(scores, keep, strict=True)]
-        k = math.floor(d ** (r / rounds) * 20 + 0.5)
+        # the official count N - int((1 - d^(r/R)) N) before the last round, keep_count after
+        k = math.floor(d * 20 + 0.5) if r == rounds else 20 - int((1.0 - d ** (r / rounds)) * 20)
         assert_clear_cut([s[np.isfinite(s)] for s in scores], k, gap=1e-9)
         keep = np_keep_top(scores, k)
     with warnings.catch_warnings(record=True) as caught:
@@ -352,9 +429,65 @@ def test_data_driven_methods_need_data(method):
         compute_masks(method, toy(), 0.5, data=[batch()], batches=0)
 
 
+@pytest.mark.parametrize("method", ["snip", "grasp"])
+def test_batches_errors(method):
+    with pytest.raises(ValueError, match=r"batches='some' must be a positive integer or 'all'"):
+        compute_masks(method, toy(), 0.5, data=[batch()], batches="some")
+    with pytest.raises(TypeError, match=r"batches must be a positive integer or 'all', got "
+                                        r"float: 1.5"):
+        compute_masks(method, toy(), 0.5, data=[batch()], batches=1.5)
+    with pytest.raises(ValueError, match=rf"mask method '{method}' got no batches: data is empty"):
+        compute_masks(method, toy(), 0.5, data=[], batches="all")
+
+
+def test_snip_loss_errors():
+    with pytest.raises(ValueError, match=r"loss='mse' is not a SNIP loss; choose one of: "
+                                         r"'nll-logits', 'cross-entropy'"):
+        compute_masks("snip", toy(), 0.5, data=[batch()], loss="mse")
+    with pytest.raises(ValueError, match=r"pass either loss= .* or loss_fn= \(a callable\), not "
+                                         r"both \(got loss='cross-entropy'\)"):
+        compute_masks("snip", toy(), 0.5, data=[batch()], loss="cross-entropy",
+                      loss_fn=lambda out, y: out.sum())
+    with pytest.raises(TypeError, match=r"unknown option\(s\) 'loss' for mask method 'grasp'"):
+        compute_masks("grasp", toy(), 0.5, data=[batch()], loss="nll-logits")
+
+
+def test_grasp_variant_unknown():
+    with pytest.raises(ValueError, match=r"variant='tanaka' is not a GraSP variant; choose one "
+                                         r"of: 'official', 'wang'"):
+        compute_masks("grasp", toy(), 0.5, data=[batch()], variant="tanaka")
+
+
+def test_wrongly_shaped_batch_names_both_shapes():
+    # an MNIST-sized MLP given 8x8 digits: a clear error instead of torch's matmul message
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Tanh(), nn.Linear(10, 10))
+    data = [(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))]
+    for method in ("snip", "grasp"):
+        with pytest.raises(ValueError, match=rf"{method}: the model failed on a batch of inputs of "
+                                             r"shape \(4, 1, 8, 8\); its first layer '1' "
+                                             r"\(Linear\) takes 784 input features: inputs of "
+                                             r"shape \(batch, 784\)"):
+            compute_masks(method, net, 0.5, data=data)
+    with pytest.raises(ValueError, match=r"synflow: the model failed on an all-ones input of "
+                                         r"shape \(1, 64\); its first layer '1' \(Linear\) "
+                                         r"takes 784"):
+        compute_masks("synflow", net, 0.5, input_shape=64, rounds=1)
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
+    with pytest.raises(ValueError, match=r"shape \(2, 1, 5, 5\); its first layer '0' \(Conv2d\) "
+                                         r"takes 3 input channels: inputs of shape "
+                                         r"\(batch, 3, H, W\)"):
+        compute_masks("snip", conv, 0.5, data=[(torch.randn(2, 1, 5, 5), torch.zeros(2).long())],
+                      loss_fn=lambda out, y: out.sum())
+    with pytest.raises(ValueError, match=r"snip: the loss failed on outputs of shape \(5, 2\) "
+                                         r"and targets of shape \(3,\)"):
+        compute_masks("snip", toy(), 0.5, data=[(batch()[0], torch.tensor([0, 1, 1]))])
+
+
 def test_grasp_temperature_invalid():
     with pytest.raises(ValueError, match=r"temperature=0 must be a finite number > 0"):
         compute_masks("grasp", toy(), 0.5, data=[batch()], temperature=0)
+    with pytest.raises(TypeError, match=r"temperature must be a real number, got str: '200'"):
+        compute_masks("grasp", toy(), 0.5, data=[batch()], temperature="200")
 
 
 def test_synflow_errors():
@@ -395,7 +528,8 @@ def test_synflow_overflow_in_float32_is_reported():
     # equal weights: every weight scores R / 64 up to rounding, so one-shot pruning keeps 6 whole
     # layers (which 6 depends on the rounding) and warns about the other 6
     with pytest.warns(UserWarning, match=r"6 layers keep 0 weights: '\d+.weight' \(of 64\)"):
-        masks = compute_masks("synflow", net, 0.5, input_shape=8, rounds=1)
+        masks = compute_masks("synflow", net, 0.5, input_shape=8, rounds=1,
+                              double_precision=True)
     assert sorted(int(m.sum()) for m in masks.values()) == [0] * 6 + [64] * 6
 
 

@@ -190,9 +190,14 @@ def compute_masks(
             and ``grasp``; ``synflow`` reads the input shape from it; other methods ignore it.
         generator: CPU generator for random positions (``uniform``, ``er``, ``erk``,
             ``uniform-skip``, maps); saliency methods are deterministic.
-        loss_fn: ``loss_fn(outputs, targets) -> scalar`` for ``snip``/``grasp``
-            (default cross-entropy).
-        **options: method options, e.g. ``erk_power_scale``, ``batches``, ``rounds``.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` for ``snip``/``grasp`` (default: for
+            ``snip`` its ``loss`` option, ``"nll-logits"``; for ``grasp`` cross-entropy).
+        **options: method options, e.g. ``erk_power_scale``; ``snip``: ``loss``, ``batches``;
+            ``grasp``: ``variant``, ``batches``, ``temperature``; ``synflow``: ``rounds``,
+            ``input_shape``, ``double_precision``. The saliency defaults are the paper's
+            official code (:mod:`orthosparse.masks.saliency`, docs/protocol.md): with no option,
+            ``compute_masks("grasp", model, d, data=loader)`` scores every batch of ``loader``
+            at temperature 200 and keeps the official end of the score.
 
     Returns:
         ``{param name: bool mask}`` in layer order, each mask shaped like its weight and on its
