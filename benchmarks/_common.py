@@ -48,3 +48,37 @@ def eoi_by_shape(weights: list[torch.Tensor], density: float, generator: torch.G
         for i, m in zip(idx, group, strict=True):
             masks[i] = m
     return masks
+
+
+def _proc_status(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Bytes by which memory use peaks above its level before ``fn()``: on CUDA from
+    ``torch.cuda.max_memory_allocated`` (reset before); on the CPU from the process's peak
+    resident memory (Linux ``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs``; it counts
+    pages touched, so it is rougher). None where neither can be read."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    base = _proc_status("VmRSS")
+    fn()
+    peak = _proc_status("VmHWM")
+    return None if base is None or peak is None else max(0, peak - base)
