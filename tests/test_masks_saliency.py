@@ -556,3 +556,12 @@ def test_densities_are_those_of_the_computed_masks(method, options):
     masks = compute_masks(method, toy(), 0.5, data=[batch()], **options)
     assert compute_densities(method, toy(), 0.5, data=[batch()], **options) == \
         layer_densities(masks)
+
+
+def test_literal_aliases_list_the_accepted_names():
+    import typing
+
+    from orthosparse.masks import GRASP_VARIANTS, SNIP_LOSSES, GraspVariant, SnipLoss
+
+    assert typing.get_args(SnipLoss) == tuple(SNIP_LOSSES)
+    assert typing.get_args(GraspVariant) == GRASP_VARIANTS

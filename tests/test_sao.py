@@ -191,3 +191,97 @@ def test_layers_plain_first_layer_under_relu_and_errors_name_layer():
         sao_layers_(ws, [0.25] * 3, names=["a", "b"])
     with pytest.raises(ValueError, match="3 tensors but 2 densities"):
         sao_layers_(ws, [0.25, 0.25])
+
+
+# ----------------------------------------------------------------------------- paper's handling
+def test_non_square_layers_dense_by_default_as_the_official_mlp():
+    # the official Linear_Init: 784 -> 64 and 64 -> 10 dense orthogonal, 64 -> 64 SAO
+    ws = [torch.empty(64, 784, dtype=torch.float64), torch.empty(64, 64, dtype=torch.float64),
+          torch.empty(10, 64, dtype=torch.float64)]
+    gain = 1.1
+    masks = sao_layers_(ws, [0.125] * 3, gain=gain, generator=gen(4))
+    assert masks[0].all() and masks[2].all()                       # dense, whatever the density
+    assert int(masks[1].sum()) == 64 * 8 and (masks[1].sum(1) == 8).all()
+    for w in ws:                                                   # every layer an isometry
+        torch.testing.assert_close(wide_gram(w), gain**2 * torch.eye(min(w.shape),
+                                                                     dtype=torch.float64),
+                                   atol=1e-12, rtol=0)
+    assert (ws[0] != 0).all()
+    # "sparse" builds SAO in every layer (64 -> 784 has no degree 8*784/64; use 128 inputs)
+    ws = [torch.empty(64, 128, dtype=torch.float64), torch.empty(64, 64, dtype=torch.float64)]
+    masks = sao_layers_(ws, [0.125] * 2, non_square="sparse", generator=gen(4))
+    assert [int(m.sum()) for m in masks] == [64 * 16, 64 * 8]
+    torch.testing.assert_close(ws[0] @ ws[0].T, torch.eye(64, dtype=torch.float64), atol=1e-12,
+                               rtol=0)
+
+
+def test_non_square_conv_is_dense_delta_orthogonal():
+    # the deep CNN's input conv (3 -> 16 channels): delta-orthogonal, all kernels kept
+    ws = [torch.empty(16, 3, 3, 3), torch.empty(16, 16, 3, 3)]
+    masks = sao_layers_(ws, [0.25, 0.25], generator=gen(5))
+    assert masks[0].all() and masks[0].shape == (16, 3, 3, 3)
+    centre = ws[0][:, :, 1, 1]                                     # (16, 3)
+    torch.testing.assert_close(centre.T @ centre, torch.eye(3), atol=1e-6, rtol=0)
+    assert ws[0].abs().sum() == centre.abs().sum()                 # other taps 0
+    assert int(masks[1][:, :, 1, 1].sum()) == 16 * 4
+
+
+def test_official_blocks_are_orth_of_uniform_draws():
+    pytest.importorskip("scipy")
+    # degree = width: one group, W = a row/column permutation of orth(U), U uniform in [0, 1)
+    w, m = sao_matrix(16, 16, 16, blocks="official", generator=gen(6))
+    torch.testing.assert_close(w @ w.T, torch.eye(16, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert m.all()
+    # U's leading left singular vector is one-signed (Perron-Frobenius): one column of W is
+    # one-signed with entries near 1/4 = 1/sqrt(16); a Haar matrix has such a column with
+    # probability 16 * 2^-15
+    one_signed = [j for j in range(16) if (w[:, j] > 0).all() or (w[:, j] < 0).all()]
+    assert len(one_signed) == 1
+    assert (w[:, one_signed[0]].abs() - 0.25).abs().max() < 0.1
+    haar, _ = sao_matrix(16, 16, 16, generator=gen(6))
+    assert not any((haar[:, j] > 0).all() or (haar[:, j] < 0).all() for j in range(16))
+    # the draws come from the torch generator: same seed, same weights; another seed, others
+    again, _ = sao_matrix(16, 16, 16, blocks="official", generator=gen(6))
+    other, _ = sao_matrix(16, 16, 16, blocks="official", generator=gen(7))
+    assert torch.equal(w, again) and not torch.equal(w, other)
+    # through the layer functions, with groups and the mirrored ReLU construction
+    t = torch.empty(32, 32, dtype=torch.float64)
+    mask = sao_(t, 0.25, blocks="official", activation="relu", generator=gen(8))
+    torch.testing.assert_close(t[:16, :16] @ t[:16, :16].T, torch.eye(16, dtype=torch.float64),
+                               atol=1e-12, rtol=0)
+    assert int(mask.sum()) == 32 * 8
+
+
+def test_official_blocks_without_scipy_name_the_extra(monkeypatch):
+    import sys
+    import types
+
+    class Broken(types.ModuleType):
+        def __getattr__(self, name):
+            raise RuntimeError("operator does not exist")             # a broken install
+
+    for module in (None, Broken("scipy.linalg")):
+        monkeypatch.setitem(sys.modules, "scipy.linalg", module)
+        with pytest.raises(ImportError, match=r"blocks='official' needs scipy .*pip install "
+                                              r"'orthosparse\[sao\]'"):
+            sao_matrix(8, 8, 4, blocks="official", generator=gen(0))
+    w, _ = sao_matrix(8, 8, 4, generator=gen(0))                   # haar needs no scipy
+    assert w.shape == (8, 8)
+
+
+def test_blocks_and_non_square_errors():
+    with pytest.raises(ValueError, match=r"blocks='qr' must be one of: 'haar', 'official'"):
+        sao_matrix(8, 8, 4, blocks="qr")
+    with pytest.raises(ValueError, match=r"blocks='qr' must be one of"):
+        sao_(torch.empty(8, 8), 0.5, blocks="qr")
+    with pytest.raises(ValueError, match=r"non_square='drop' must be one of: 'dense', 'sparse'"):
+        sao_layers_([torch.empty(8, 8)], [0.5], non_square="drop")
+
+
+def test_literal_aliases_list_the_accepted_names():
+    import typing
+
+    from orthosparse.baselines import SAO_BLOCKS, SAO_NON_SQUARE, SaoBlocks, SaoNonSquare
+
+    assert typing.get_args(SaoBlocks) == SAO_BLOCKS
+    assert typing.get_args(SaoNonSquare) == SAO_NON_SQUARE

@@ -14,7 +14,13 @@ wide ``r x c`` matrix and transposed back when ``rows > cols``), with degree ``d
    values ``sqrt(a d)`` (multiplicity ``g``) and 0, so every component is (trivially) Ramanujan,
    its only nontrivial singular value 0 being below ``sqrt(a-1) + sqrt(d-1)``.
 2. Weights. Rows of a group share their support; they get the first ``a`` rows of an independent
-   Haar-random ``d x d`` orthogonal matrix. Rows of one group are orthonormal, rows of different
+   ``d x d`` orthogonal matrix: Haar-random (``blocks="haar"``, the default), or, as the SAO
+   authors' code (``sao/ramanujan_constructions.py``, ``_val_generator``),
+   ``scipy.linalg.orth(U)`` of a ``d x d`` matrix ``U`` of uniform [0, 1) draws
+   (``blocks="official"``; needs scipy). The official blocks are not Haar: ``orth`` returns
+   ``U``'s left singular vectors as columns, and the leading one of a positive matrix has
+   entries of one sign (Perron-Frobenius), so in every group one input column carries weights
+   of a single sign, each near ``+-1/sqrt(d)``. Rows of one group are orthonormal, rows of different
    groups have disjoint supports, hence ``W W^T = gain^2 I_r`` exactly (``W^T W`` when tall).
 3. ReLU ("mirrored", looks-linear): build ``M`` for the half problem ``(rows/2, cols/2, d/2)``
    and use ``W = [[M, -M], [-M, M]]``. Same density ``d / c``; on inputs ``[relu(z); relu(-z)]``
@@ -26,6 +32,13 @@ wide ``r x c`` matrix and transposed back when ``rows > cols``), with degree ``d
 Supported degrees: ``d`` divides ``c`` and ``c`` divides ``r d`` (for ReLU: both dimensions and
 ``d`` even, and the half problem supported). Other densities raise a ``ValueError`` listing the
 possible ones, or, with ``fallback=True``, give a dense (delta-)orthogonal layer with a warning.
+
+Whole networks (:func:`sao_layers_`): the paper's official code (``sao/init_calls.py``,
+``Linear_Init``) builds SAO only for the *square* layers of its MLPs and initializes the
+non-square ones (784 -> width input, width -> 10 output) dense orthogonal; for its CNNs
+(``Delta_Init``) the input convolution (3 channels in) and the Linear head are dense too. In the
+paper's two SAO experiments (the 1000-layer MLP and CNN) that is exactly "non-square layers
+dense", the default ``non_square="dense"``; ``non_square="sparse"`` builds SAO in every layer.
 """
 
 from __future__ import annotations
@@ -36,13 +49,18 @@ import warnings
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .._checks import check_density, check_generator, check_positive_int, keep_count
 
 __all__ = [
+    "SAO_BLOCKS",
+    "SAO_NON_SQUARE",
     "SaoActivation",
+    "SaoBlocks",
+    "SaoNonSquare",
     "sao_",
     "sao_degrees",
     "sao_densities",
@@ -51,7 +69,19 @@ __all__ = [
 ]
 
 SaoActivation = Literal["tanh", "relu"]
+SaoBlocks = Literal["haar", "official"]
+SaoNonSquare = Literal["dense", "sparse"]
 _ACTIVATIONS = ("tanh", "relu")
+#: How each group's orthogonal block is drawn (module docstring, step 2).
+SAO_BLOCKS: tuple[str, ...] = ("haar", "official")
+#: What :func:`sao_layers_` does with a layer whose channel matrix is not square.
+SAO_NON_SQUARE: tuple[str, ...] = ("dense", "sparse")
+
+
+def _check_choice(value: object, name: str, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name}={value!r} must be one of: {', '.join(map(repr, allowed))}")
+    return value
 
 
 def _check_activation(activation: object) -> str:
@@ -121,14 +151,47 @@ def _haar_orthogonal(batch: int, n: int, generator: torch.Generator | None) -> T
     return q * torch.where(diag < 0, -1.0, 1.0).to(q.dtype)[:, None, :]
 
 
+def _scipy_orth():
+    try:
+        from scipy.linalg import orth
+    except Exception as exc:  # not only ImportError: a broken install raises anything
+        raise ImportError(
+            f"SAO with blocks='official' needs scipy (scipy.linalg.orth, as the SAO authors' "
+            f"code), which failed to import ({type(exc).__name__}: {exc}); install the sao "
+            f"extra: pip install 'orthosparse[sao]' (or pip install scipy), or use "
+            f"blocks='haar'"
+        ) from exc
+    return orth
+
+
+def _official_orthogonal(batch: int, n: int, generator: torch.Generator | None) -> Tensor:
+    """``batch`` blocks ``scipy.linalg.orth(U)``, ``U`` uniform [0, 1) ``n x n`` (float64, CPU).
+
+    The draws come from ``generator``: one 32-bit seed drawn from it seeds a NumPy
+    ``RandomState`` (the legacy generator of the authors' ``np.random.rand``), which draws the
+    ``U``s in order. A rank-deficient ``U`` (probability 0) is drawn again.
+    """
+    orth = _scipy_orth()
+    seed = int(torch.randint(0, 2**32, (1,), generator=generator, dtype=torch.int64))
+    state = np.random.RandomState(seed)
+    out = np.empty((batch, n, n))
+    for i in range(batch):
+        q = orth(state.rand(n, n))  # (n, rank)
+        while q.shape[1] < n:
+            q = orth(state.rand(n, n))
+        out[i] = q
+    return torch.from_numpy(out)
+
+
 def _plain(rows: int, cols: int, degree: int, generator: torch.Generator | None,
-           ) -> tuple[Tensor, Tensor]:
+           blocks: str = "haar") -> tuple[Tensor, Tensor]:
     """Plain SAO matrix and mask, float64 on the CPU, unscaled (``W W^T = I`` on the small side)."""
     r, c = min(rows, cols), max(rows, cols)
     groups, per_group = c // degree, (r * degree) // c
     col_perm = torch.randperm(c, generator=generator)  # (c,)
     row_perm = torch.randperm(r, generator=generator)  # (r,)
-    blocks = _haar_orthogonal(groups, degree, generator)[:, :per_group, :]  # (g, a, d)
+    draw = _official_orthogonal if blocks == "official" else _haar_orthogonal
+    blocks = draw(groups, degree, generator)[:, :per_group, :]  # (g, a, d)
     row_idx = row_perm.view(groups, per_group, 1)  # (g, a, 1)
     col_idx = col_perm.view(groups, 1, degree)  # (g, 1, d)
     weight = torch.zeros(r, c, dtype=torch.float64)
@@ -191,6 +254,7 @@ def sao_matrix(
     gain: float = 1.0,
     activation: SaoActivation = "tanh",
     generator: torch.Generator | None = None,
+    blocks: SaoBlocks = "haar",
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -205,10 +269,14 @@ def sao_matrix(
         gain: scale of the weights.
         activation: ``"tanh"`` (plain) or ``"relu"`` (mirrored).
         generator: CPU generator; all draws happen on the CPU, so results match across devices.
+        blocks: ``"haar"`` (default) or ``"official"`` (``scipy.linalg.orth`` of uniform draws,
+            as the authors' code; needs scipy).
         dtype, device: of the returned weight (the mask is bool on ``device``).
 
     Raises:
-        ValueError: unsupported degree for this shape (the message lists the possible ones).
+        ValueError: unsupported degree for this shape (the message lists the possible ones), an
+            unknown ``blocks``.
+        ImportError: ``blocks="official"`` without scipy (names the extra to install).
 
     Example:
         >>> w, m = sao_matrix(8, 8, 2)
@@ -218,16 +286,17 @@ def sao_matrix(
     rows, cols = check_positive_int(rows, "rows"), check_positive_int(cols, "cols")
     degree = check_positive_int(degree, "degree")
     activation = _check_activation(activation)
+    blocks = _check_choice(blocks, "blocks", SAO_BLOCKS)
     gain = _check_gain(gain)
     generator = check_generator(generator)
     shape = (rows, cols)
     if degree not in sao_degrees(shape, activation):
         raise ValueError(_unsupported_message(shape, f"degree={degree}", activation))
     if activation == "relu":
-        half, half_mask = _plain(rows // 2, cols // 2, degree // 2, generator)
+        half, half_mask = _plain(rows // 2, cols // 2, degree // 2, generator, blocks)
         weight, mask = _mirror(half), half_mask.repeat(2, 2)  # support of the mirror: 2x2 tiles
     else:
-        weight, mask = _plain(rows, cols, degree, generator)
+        weight, mask = _plain(rows, cols, degree, generator, blocks)
     return (gain * weight).to(dtype=dtype, device=device), mask.to(device=device)
 
 
@@ -248,6 +317,7 @@ def sao_(
     generator: torch.Generator | None = None,
     activation: SaoActivation = "tanh",
     fallback: bool = False,
+    blocks: SaoBlocks = "haar",
 ) -> Tensor:
     """Fill ``tensor`` in place with an SAO weight; return its bool mask.
 
@@ -266,6 +336,8 @@ def sao_(
             (mirrored ``[[M, -M], [-M, M]]``).
         fallback: when SAO cannot build the request, fill a dense (delta-)orthogonal layer with an
             all-True mask (density 1) and warn, instead of raising.
+        blocks: ``"haar"`` (default) or ``"official"`` (the authors' ``scipy.linalg.orth`` of
+            uniform draws; needs scipy); see the module docstring.
 
     Returns:
         Bool mask of ``tensor``'s shape on its device; its density is exactly ``degree / c``.
@@ -273,30 +345,26 @@ def sao_(
     Raises:
         TypeError: ``tensor`` not a floating tensor; bad types of the options.
         ValueError: unsupported density/degree (message lists the possible degrees and
-            densities), bad shape, even kernel size, both or neither of density and degree.
+            densities), bad shape, even kernel size, both or neither of density and degree,
+            an unknown ``blocks``.
+        ImportError: ``blocks="official"`` without scipy (names the extra to install).
 
     Example:
         >>> w = torch.empty(128, 128)
         >>> mask = sao_(w, 0.125, generator=torch.Generator().manual_seed(0))
     """
-    if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
-        raise TypeError(f"tensor must be a floating-point torch.Tensor, got "
-                        f"{getattr(tensor, 'dtype', type(tensor).__name__)}")
+    shape = _check_tensor(tensor)
     if not isinstance(fallback, bool):
         raise TypeError(f"fallback must be a bool, got {type(fallback).__name__}: {fallback!r}")
     activation = _check_activation(activation)
+    blocks = _check_choice(blocks, "blocks", SAO_BLOCKS)
     gain = _check_gain(gain)
     generator = check_generator(generator)
-    shape = tuple(tensor.shape)
     rows, cols = _matrix_shape(shape)
     if tensor.numel() == 0:
         warnings.warn(f"sao_: weight of shape {shape} has no elements; nothing to initialize",
                       stacklevel=2)
         return torch.zeros(shape, dtype=torch.bool, device=tensor.device)
-    kernel = shape[2:]
-    if any(k % 2 == 0 for k in kernel):
-        raise ValueError(f"SAO-delta needs odd kernel sizes (a centre tap), got kernel {kernel} "
-                         f"in weight shape {shape}")
     wanted, request = _resolve_degree(shape, density, degree, activation)
 
     if wanted is None:
@@ -305,12 +373,30 @@ def sao_(
         warnings.warn(f"SAO cannot build {request} for weight shape {shape} "
                       f"(activation={activation!r}); initialized dense orthogonal (density 1.0) "
                       f"because fallback=True", stacklevel=2)
-        matrix = gain * _dense_orthogonal(rows, cols, generator)  # (c_out, c_in)
-        matrix_mask = torch.ones(rows, cols, dtype=torch.bool)
-    else:
-        matrix, matrix_mask = sao_matrix(rows, cols, wanted, gain=gain, activation=activation,
-                                         generator=generator)
+        return _dense_(tensor, gain, generator)
+    matrix, matrix_mask = sao_matrix(rows, cols, wanted, gain=gain, activation=activation,
+                                     generator=generator, blocks=blocks)
+    return _fill(tensor, matrix, matrix_mask)
 
+
+def _check_tensor(tensor: object) -> tuple[int, ...]:
+    if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+        raise TypeError(f"tensor must be a floating-point torch.Tensor, got "
+                        f"{getattr(tensor, 'dtype', type(tensor).__name__)}")
+    shape = tuple(tensor.shape)
+    _matrix_shape(shape)
+    kernel = shape[2:]
+    if any(k % 2 == 0 for k in kernel):
+        raise ValueError(f"SAO-delta needs odd kernel sizes (a centre tap), got kernel {kernel} "
+                         f"in weight shape {shape}")
+    return shape
+
+
+def _fill(tensor: Tensor, matrix: Tensor, matrix_mask: Tensor) -> Tensor:
+    """Write the channel matrix into ``tensor`` (at the centre tap of a conv); return the mask
+    (whole kernels for a conv)."""
+    shape = tuple(tensor.shape)
+    kernel = shape[2:]
     with torch.no_grad():
         if not kernel:
             tensor.copy_(matrix.to(tensor.dtype))
@@ -319,8 +405,15 @@ def sao_(
         centre = (slice(None), slice(None), *(k // 2 for k in kernel))
         full[centre] = matrix
         tensor.copy_(full.to(tensor.dtype))
-    view = (rows, cols) + (1,) * len(kernel)
+    view = shape[:2] + (1,) * len(kernel)
     return matrix_mask.view(view).expand(shape).contiguous().to(tensor.device)
+
+
+def _dense_(tensor: Tensor, gain: float, generator: torch.Generator | None) -> Tensor:
+    """Dense (delta-)orthogonal ``tensor`` at ``gain``; an all-True mask."""
+    rows, cols = _matrix_shape(tuple(tensor.shape))
+    return _fill(tensor, gain * _dense_orthogonal(rows, cols, generator),
+                 torch.ones(rows, cols, dtype=torch.bool))
 
 
 def sao_layers_(
@@ -332,8 +425,16 @@ def sao_layers_(
     activation: SaoActivation = "tanh",
     fallback: bool = False,
     names: Sequence[str] | None = None,
+    non_square: SaoNonSquare = "dense",
+    blocks: SaoBlocks = "haar",
 ) -> list[Tensor]:
     """Initialize a network's layers (in forward order) with SAO; return their masks.
+
+    ``non_square="dense"`` (default, the paper's official code; module docstring): a layer whose
+    channel matrix is not square (``c_out != c_in``; an MLP's input and output layers, a CNN's
+    input convolution and classifier) is initialized dense (delta-)orthogonal at ``gain`` with
+    an all-True mask, whatever its entry of ``densities``; only the square layers are SAO.
+    ``non_square="sparse"``: every layer is SAO at its density.
 
     With ``activation="relu"`` the first layer uses the plain construction: its input is the data,
     not a ReLU output, so the mirrored pairing does not apply (as in the paper's experiments).
@@ -341,32 +442,42 @@ def sao_layers_(
     Args:
         tensors: prunable weights in forward order, filled in place.
         densities: one density per tensor.
-        gain, generator, activation, fallback: as in :func:`sao_`.
+        gain, generator, activation, fallback, blocks: as in :func:`sao_`.
         names: layer names used in errors and warnings (default: ``"layer <index>"``).
+        non_square: ``"dense"`` or ``"sparse"``, above.
 
     Raises:
-        ValueError: length mismatch; any layer SAO cannot build (unless ``fallback``), naming the
-            layer.
+        ValueError: length mismatch; an unknown ``non_square`` or ``blocks``; any layer SAO
+            cannot build (unless ``fallback``), naming the layer.
 
     Example:
         >>> ws = [torch.empty(64, 64) for _ in range(3)]
         >>> masks = sao_layers_(ws, [0.25] * 3, activation="relu")
     """
     tensors, densities = list(tensors), list(densities)
+    non_square = _check_choice(non_square, "non_square", SAO_NON_SQUARE)
+    blocks = _check_choice(blocks, "blocks", SAO_BLOCKS)
     if len(tensors) != len(densities):
         raise ValueError(f"got {len(tensors)} tensors but {len(densities)} densities")
     labels = [f"layer {i}" for i in range(len(tensors))] if names is None else [
         f"layer {name!r}" for name in names]
     if len(labels) != len(tensors):
         raise ValueError(f"got {len(tensors)} tensors but {len(labels)} names")
+    gain = _check_gain(gain)
+    generator = check_generator(generator)
     masks = []
     for i, (t, d) in enumerate(zip(tensors, densities, strict=True)):
         layer_act = "tanh" if i == 0 else activation
         try:
+            if non_square == "dense" and isinstance(t, Tensor) and t.dim() >= 2 and \
+                    t.shape[0] != t.shape[1]:
+                _check_tensor(t)
+                masks.append(_dense_(t, gain, generator))
+                continue
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 masks.append(sao_(t, d, gain=gain, generator=generator, activation=layer_act,
-                                  fallback=fallback))
+                                  fallback=fallback, blocks=blocks))
         except ValueError as err:
             raise ValueError(f"{labels[i]}: {err}") from None
         for w in caught:

@@ -20,12 +20,25 @@ from .registry import (
     list_mask_methods,
     register_mask_method,
 )
-from .saliency import grasp_scores, keep_top, snip_scores, synflow_scores
+from .saliency import (
+    GRASP_VARIANTS,
+    SNIP_LOSSES,
+    GraspVariant,
+    SnipLoss,
+    grasp_scores,
+    keep_top,
+    snip_scores,
+    synflow_scores,
+)
 
 __all__ = [
+    "GRASP_VARIANTS",
     "MASK_METHODS",
     "MaskMethod",
+    "GraspVariant",
     "MaskMethodName",
+    "SNIP_LOSSES",
+    "SnipLoss",
     "apportion",
     "compute_densities",
     "compute_masks",
