@@ -31,7 +31,8 @@ errored, else 0.
 ``--dry-run`` runs every section on the CPU at tiny sizes (well under a minute), so CI runs the
 same code (tests/test_gpu_check.py): ``pytest --collect-only -m gpu`` instead of the GPU tests,
 gloo instead of NCCL, the dense layer standing in for the semi-structured one, torch.compile with
-the ``aot_eager`` backend. Its numbers say nothing about a GPU.
+the ``eager`` backend (dynamo only), one CPU thread. Its numbers say nothing about a GPU:
+speed and memory verdicts read ``n/a``; the correctness checks are real.
 
     PYTHONPATH=src python benchmarks/gpu_check.py --out gpu_check          # on a CUDA machine
     python benchmarks/gpu_check.py --dry-run --out /tmp/gpu_check          # anywhere
