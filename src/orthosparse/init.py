@@ -418,14 +418,20 @@ def _conv_orthogonal_blocks(groups: int, rows: int, cols: int, kernel: tuple[int
     The official code draws one projection per axis (``p``, ``q``) and reuses them in all
     ``k - 1`` steps; Algorithm 1 as published (and TensorFlow's ``ConvolutionOrthogonal2D``)
     draws a fresh pair per step. We follow the official code; both are exact isometries.
-    Draw order, as the official code: per axis the projection's Haar matrix then its column
-    coin flips, then ``H``; the steps alternate the axes (axis 0, axis 1, ...).
+    Draw order, as the official code: per axis (of size > 1) the projection's Haar matrix then
+    its column coin flips, then ``H``; the steps alternate the axes (axis 0, axis 1, ...).
     """
     dtype = torch.float64
     n, m = max(rows, cols), min(rows, cols)
     spatial = len(kernel)
-    projections = [_symmetric_projection(groups, n, dtype, generator) for _ in kernel]
-    h = _haar(groups, n, dtype, generator)[:, :m, :]  # (g, m, n)
+    # an axis of size 1 takes no step: its projection is not drawn
+    projections = [_symmetric_projection(groups, n, dtype, generator) if k > 1 else None
+                   for k in kernel]
+    # H: m orthonormal rows, Haar distributed (QR of an (n, m) Gaussian: the same law as the
+    # first m rows of a Haar n x n matrix, which the official code takes, at O(n m^2))
+    q, r = torch.linalg.qr(torch.randn(groups, n, m, generator=generator, dtype=dtype))
+    sign = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(dtype)  # (g, m)
+    h = (q * sign.unsqueeze(-2)).transpose(-1, -2)  # (g, m, n)
     view = (groups,) + (1,) * spatial + (n, n)
     a = torch.eye(n, dtype=dtype).expand(view).clone()  # (g, *taps, n, n), one tap: I
     for step in range(max(kernel, default=1) - 1):
