@@ -128,6 +128,7 @@ def straight(tmp_path_factory):
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "ORTHOSPARSE_DEBUG"}
     env["PYTHONPATH"] = os.pathsep.join([SRC, env.get("PYTHONPATH", "")])
+    env["PYTHONWARNINGS"] = "ignore"  # stderr holds only what the run says about the fault
     return env
 
 
