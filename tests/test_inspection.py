@@ -246,12 +246,13 @@ def test_help_lists_config_flags_and_the_training_jacobian_flag(cli, capsys):
     assert "[--density D | --densities D [D ...]]" in text
     assert "orthosparse train --jacobian epoch" in text
     assert "several separated by commas" in text
-    code, out, _ = cli()
-    assert "inspect" in out
+    code, _, err = cli()
+    assert code == 2 and "inspect" in err
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--init", "eoi,bogus"], r"init='bogus' is not a known init; choose one of: ai, eoi"),
+    (["--init", "eoi,bogus"], r"init='bogus' is not a known init; choose one of: ai, "
+                              r"conv-orthogonal, eoi"),
     (["--compare-inits", "eoi", "orthgonal"], r"init='orthgonal' is not a known init \(did "
                                               r"you mean 'orthogonal'\?\)"),
     (["--density", "1.5"], r"density=1.5 must be in \(0, 1\]"),
@@ -367,6 +368,7 @@ def test_a_density_an_init_cannot_build_is_n_a_with_its_error(cli, capsys, tmp_p
     # SAO on a uniform mask: density 0.25 of the 10 x 16 head needs degree 4 (possible: 8, 16);
     # at 0.5 every layer is buildable (degrees 32/64, 8/16, 8/16).
     code, out, err = cli("inspect", *SWEEP, "--init", "eoi,sao",
+                         "--sparsify-options", "sao:non_square=sparse",
                          "--densities", "0.25", "0.5", "--out", str(tmp_path))
     assert code == 0, err
     printed = table_rows(out)
@@ -390,7 +392,8 @@ def test_a_density_an_init_cannot_build_is_n_a_with_its_error(cli, capsys, tmp_p
 
 
 def test_sweep_with_no_buildable_cell_raises_and_other_errors_propagate(monkeypatch):
-    cfg = resolve_config(overrides=SWEEP_OVERRIDES)
+    cfg = resolve_config(overrides={**SWEEP_OVERRIDES,
+                                    "sparsify_options": ["sao:non_square=sparse"]})
     with pytest.raises(ValueError, match=r"no \(init, density\) cell could be built; init 'sao' "
                                          r"at density 0\.25: layer 'head\.weight': SAO cannot"):
         inspect(cfg, "sao", densities=[0.25], examples=2)
@@ -503,7 +506,8 @@ def test_sweep_flags_cells_whose_achieved_density_differs(cli, capsys, tmp_path)
         warnings.simplefilter("ignore")
         code, out, err = cli("inspect", "--preset", "digits", "--depth", "3", "--width",
                              "16", "--mask", "uniform", "--examples", "8", "--init", "eoi,sao",
-                             "--sparsify-options", "sao:fallback=true", "--densities", "0.25",
+                             "--sparsify-options", "sao:fallback=true", "sao:non_square=sparse",
+                             "--densities", "0.25",
                              "--out", str(tmp_path))
     assert code == 0, err
     cells = read_json(tmp_path)["density_sweep"]["summary"]

@@ -345,11 +345,17 @@ def _ai(layers: list[PrunableLayer], masks: Mapping[str, Tensor],
 @register_scheme("sao", own_masks=True)
 def _sao(layers: list[PrunableLayer], masks: Mapping[str, Tensor] | None,
          densities: Mapping[str, float], *, gain: float, generator: torch.Generator | None,
-         activation: str = "tanh", fallback: bool = False) -> dict[str, Tensor]:
-    """Sparsity-aware orthogonal init from the densities (``orthosparse.baselines.sao``)."""
+         activation: str = "tanh", fallback: bool = False, non_square: str = "dense",
+         blocks: str = "haar") -> dict[str, Tensor]:
+    """Sparsity-aware orthogonal init from the densities (``orthosparse.baselines.sao``).
+
+    ``non_square="dense"`` (the paper's official code) or ``"sparse"``; ``blocks="haar"`` or
+    ``"official"`` (``scipy.linalg.orth`` of uniform draws, as the official code draws them).
+    """
     got = sao_layers_([layer.weight for layer in layers],
                       [densities[layer.name] for layer in layers], gain=gain,
                       generator=generator, activation=activation, fallback=fallback,
+                      non_square=non_square, blocks=blocks,
                       names=[layer.name for layer in layers])
     return dict(zip([layer.name for layer in layers], got, strict=True))
 
