@@ -100,15 +100,21 @@ def test_the_cycle_finder_finds_cycles():
 
 
 def test_literal_name_aliases_are_their_registries():
-    """A ``Literal`` alias of names (for type checkers) lists exactly its registry's names."""
-    import typing
+    """A ``Literal`` alias of names (for type checkers) lists exactly its registry's built-in names.
 
-    from orthosparse.data.loader import AUGMENTATIONS, Augment
-    from orthosparse.masks.registry import MASK_METHODS, MaskMethodName
-    from orthosparse.models._activations import ACTIVATIONS, Activation
-    from orthosparse.schemes import SCHEMES, SchemeName
-
-    pairs = [(SchemeName, SCHEMES), (MaskMethodName, MASK_METHODS), (Activation, ACTIVATIONS),
-             (Augment, AUGMENTATIONS)]
-    for alias, registry in pairs:
-        assert sorted(typing.get_args(alias)) == registry.names(), registry
+    Checked in a fresh process: other tests register extra names into the same registries.
+    """
+    code = """
+import typing
+from orthosparse.data.loader import AUGMENTATIONS, Augment
+from orthosparse.masks.registry import MASK_METHODS, MaskMethodName
+from orthosparse.models._activations import ACTIVATIONS, Activation
+from orthosparse.schemes import SCHEMES, SchemeName
+import orthosparse.masks  # registers the built-in mask methods
+for alias, registry in [(SchemeName, SCHEMES), (MaskMethodName, MASK_METHODS),
+                        (Activation, ACTIVATIONS), (Augment, AUGMENTATIONS)]:
+    names, listed = registry.names(), sorted(typing.get_args(alias))
+    print("ok" if names == listed else f"{registry.kind}: registry {names} != Literal {listed}")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:4] == ["ok"] * 4, out.stdout
