@@ -54,6 +54,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_density, check_generator, check_positive_int, keep_count
+from .._optional import import_optional
 
 __all__ = [
     "SAO_BLOCKS",
@@ -152,16 +153,11 @@ def _haar_orthogonal(batch: int, n: int, generator: torch.Generator | None) -> T
 
 
 def _scipy_orth():
-    try:
-        from scipy.linalg import orth
-    except Exception as exc:  # not only ImportError: a broken install raises anything
-        raise ImportError(
-            f"SAO with blocks='official' needs scipy (scipy.linalg.orth, as the SAO authors' "
-            f"code), which failed to import ({type(exc).__name__}: {exc}); install the sao "
-            f"extra: pip install 'orthosparse[sao]' (or pip install scipy), or use "
-            f"blocks='haar'"
-        ) from exc
-    return orth
+    """``scipy.linalg.orth``, as the SAO authors' code draws its blocks."""
+    return import_optional("scipy.linalg", "orth", user="SAO with blocks='official'",
+                           package="scipy (scipy.linalg.orth, as the SAO authors' code)",
+                           extra="sao", pip_name="scipy",
+                           alternative=", or use blocks='haar'")
 
 
 def _official_orthogonal(batch: int, n: int, generator: torch.Generator | None) -> Tensor:

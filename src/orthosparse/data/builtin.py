@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from .._checks import check_positive_int
+from .._optional import import_optional
 from .dataset import DataSplits, Normalize, build_splits, carve_test_split, check_seed
 
 __all__ = ["load_digits", "load_synthetic", "DIGITS_STATS"]
@@ -37,14 +38,9 @@ def load_digits(
         >>> splits.input_shape, len(splits.test)
         ((1, 8, 8), 359)
     """
-    try:
-        from sklearn.datasets import load_digits as sk_load_digits
-    except Exception as exc:  # not only ImportError: a broken install raises anything
-        raise ImportError(
-            f"dataset 'digits' needs scikit-learn, which failed to import ({type(exc).__name__}: "
-            f"{exc}); install the data extra: pip install 'orthosparse[data]' (or pip install "
-            f"scikit-learn)"
-        ) from exc
+    sk_load_digits = import_optional("sklearn.datasets", "load_digits", user="dataset 'digits'",
+                                     package="scikit-learn", extra="data",
+                                     pip_name="scikit-learn")
     bunch = sk_load_digits()
     images = torch.as_tensor(bunch.data, dtype=torch.float32).reshape(-1, 1, 8, 8)  # (1797,1,8,8)
     labels = torch.as_tensor(bunch.target, dtype=torch.int64)  # (1797,)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .._atomic import write_atomic
+from .._optional import import_optional
 from .dataset import DataSplits, Normalize, build_splits
 
 __all__ = ["load_tiny_imagenet", "IMAGENET_STATS"]
@@ -24,14 +25,8 @@ _SUFFIXES = {".jpeg", ".jpg", ".png"}
 
 
 def _read_images(paths: list[Path]) -> torch.Tensor:
-    try:
-        from PIL import Image
-    except Exception as exc:  # not only ImportError: a broken install raises anything
-        raise ImportError(
-            f"tiny-imagenet needs Pillow to decode the images, which failed to import "
-            f"({type(exc).__name__}: {exc}); install the data extra: pip install "
-            f"'orthosparse[data]' (or pip install pillow)"
-        ) from exc
+    Image = import_optional("PIL.Image", user="tiny-imagenet",
+                            package="Pillow to decode the images", extra="data", pip_name="pillow")
     arrays = []
     for path in paths:
         try:
