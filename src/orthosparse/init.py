@@ -19,6 +19,13 @@ zero at initialization. A 1x1 block (depthwise) is dense at the centre, so the c
 density ``1/K`` (``K`` kernel taps); the extra positions bring the layer to ``density`` as usual,
 and a density below ``1/K`` is raised to it with a warning (the floor rule below).
 
+N:M structured EOI (``nm=(N, M)``, docs/nm.md §7): a Linear weight keeps at most ``N`` of every
+``M`` consecutive inputs of each output row; a conv weight at most ``N`` of every ``M``
+consecutive input channels at each tap of each output channel (the reduction axis of the sparse
+tensor-core convolutions). The centre is ``H = EOI(c_out, c_in, d_H, nm)`` with ``d_H`` capped
+at :func:`orthosparse.eoi.reachable_density`; the extra positions go only to
+``(o, tap, channel group)`` that keep fewer than ``N`` (:func:`orthosparse.eoi.nm.add_capped`).
+
 ``conv_orthogonal_`` is the dense orthogonal convolution of Xiao et al. (2018), Algorithm 1, as
 the EOI paper's official code builds it (``models/initializers.py``, ``conv_orthogonal``): every
 tap nonzero, the circular convolution an exact isometry.
@@ -38,6 +45,7 @@ import torch
 from ._checks import check_density, check_gain, check_generator, check_not_meta, keep_count
 from .eoi.backends import select
 from .eoi.generator import generate
+from .eoi.nm import add_capped, check_nm, max_nnz
 from .eoi.problem import make_problem
 
 __all__ = [
@@ -133,6 +141,36 @@ def center_density_for(density: float, kernel_taps: int, policy: CenterDensity =
     return d_h
 
 
+def _check_nm_weight(tensor: torch.Tensor, nm: object, density: float,
+                     center_density: CenterDensity, groups: int, fn: str) -> tuple[int, int]:
+    """Validate ``nm`` for a weight ``(out, in)`` or ``(c_out, c_in/groups, *kernel)`` at
+    ``density`` (docs/nm.md §7, §8); return ``(N, M)``."""
+    n, m = check_nm(nm)
+    shape = tuple(tensor.shape)
+    c_out, c_in, kernel = shape[0], shape[1], shape[2:]
+    what = "in" if not kernel else "c_in" if groups == 1 else "c_in/groups"
+    if c_in % m:
+        raise ValueError(f"{fn}: nm={(n, m)} needs the input size to be a multiple of M={m}; "
+                         f"weight of shape {shape} has {what}={c_in}")
+    rows = c_out // groups
+    if not kernel:
+        top = max_nnz(rows, c_in, (n, m)) / (rows * c_in)
+    else:  # every (o, tap, channel group) can be filled to N: density N/M
+        top = n / m
+        if not isinstance(center_density, (str, type(None))):
+            d_h = check_density(center_density, "center_density")
+            centre_top = max_nnz(rows, c_in, (n, m)) / (rows * c_in)
+            if d_h > centre_top:
+                raise ValueError(f"{fn}: center_density={center_density} is above the largest "
+                                 f"density reachable with nm={(n, m)} for the {rows}x{c_in} "
+                                 f"centre matrix of weight shape {shape}: {centre_top:.6g}")
+    if (density * rows * c_in > max_nnz(rows, c_in, (n, m)) if not kernel
+            else keep_count(density, tensor.numel()) > tensor.numel() * n // m):
+        raise ValueError(f"{fn}: density={density} is above the largest density reachable with "
+                         f"nm={(n, m)} for weight shape {shape}: {top:.6g}")
+    return n, m
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -146,6 +184,7 @@ def _fill_group(
     center_density: CenterDensity,
     backend: str,
     groups: int = 1,
+    nm: tuple[int, int] | None = None,
 ) -> list[torch.Tensor]:
     """EOI for same-shape weights in one batched generation (validated by the callers).
 
@@ -154,7 +193,9 @@ def _fill_group(
     each an EOI matrix of its own; all blocks of all tensors are one batched generation.
 
     Every count computed here is ``keep_count(density, numel)`` (halves round up), the rule the
-    masks use.
+    masks use. With ``nm`` (checked by :func:`_check_nm_weight`) the centre is N:M EOI with its
+    density capped at the reachable one, and the extra positions respect the cap per
+    ``(o, tap, channel group)`` (docs/nm.md §7).
     """
     first = tensors[0]
     c_out, c_in = first.shape[0], first.shape[1]
@@ -167,6 +208,8 @@ def _fill_group(
         # bring the layer to ``density``, so only a layer that cannot reach it is warned about.
         floor = 1.0 / max(rows, c_in)
         d_h = max(d_h, floor)
+        if nm is not None:  # the centre as dense as N:M EOI reaches, at most
+            d_h = min(d_h, max_nnz(rows, c_in, nm) / (rows * c_in))
         floor_nnz = groups * min(rows, c_in)
         if floor_nnz > keep_count(density, first.numel()):
             what = "delta-orthogonal kernel" if groups == 1 else \
@@ -178,7 +221,8 @@ def _fill_group(
                 stacklevel=4,
             )
     problem = make_problem(rows, c_in, d_h, gain=gain, dtype=_compute_dtype(first.dtype),
-                           device=first.device, batch=len(tensors) * groups, stacklevel=4)
+                           device=first.device, batch=len(tensors) * groups, nm=nm,
+                           stacklevel=4)
     weights, masks = generate(problem, generator, select(backend, problem.device)[1])
     if groups > 1:  # (n * groups, rows, c_in) -> (n, c_out, c_in): blocks stacked along c_out
         weights = weights.reshape(len(tensors), c_out, c_in)
@@ -198,12 +242,28 @@ def _fill_group(
         mask = torch.zeros(tensor.shape, dtype=torch.bool)
         mask[centre] = centre_mask
         extra = target - nnz
-        if extra > 0:  # uniform among the remaining zero positions of the whole kernel
+        if extra > 0 and nm is not None:  # under the cap of every (o, tap, channel group)
+            if rng is None:
+                rng = _free_stream(generator)
+            _add_capped_conv(mask, extra, nm, rng)
+        elif extra > 0:  # uniform among the remaining zero positions of the whole kernel
             if rng is None:
                 rng = _free_stream(generator)
             _add_free(mask.view(-1), extra, rng, free=mask.numel() - nnz)
         out.append(mask.to(tensor.device))
     return out
+
+
+def _add_capped_conv(mask: torch.Tensor, count: int, nm: tuple[int, int],
+                     rng: np.random.Generator) -> None:
+    """Add ``count`` positions to the CPU conv mask ``(c_out, c_in, *kernel)`` in place, at most
+    ``N`` per ``M`` consecutive input channels of each ``(o, tap)`` (docs/nm.md §7)."""
+    n, m = nm
+    order = (0, *range(2, mask.dim()), 1)  # (c_out, *kernel, c_in): channels innermost
+    groups = mask.permute(order).contiguous().numpy().reshape(-1, m)
+    add_capped(groups, count, n, rng)
+    back = torch.from_numpy(groups).reshape([mask.shape[i] for i in order])
+    mask.copy_(back.permute(tuple(order.index(i) for i in range(mask.dim()))))
 
 
 def _free_stream(generator: torch.Generator | None) -> np.random.Generator:
@@ -286,6 +346,7 @@ def eoi_(
     center_density: CenterDensity = None,
     backend: str = "auto",
     groups: int = 1,
+    nm: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Fill ``tensor`` in place with an exact sparse orthogonal (EOI) weight; return its mask.
 
@@ -311,27 +372,39 @@ def eoi_(
             (same masks from every one).
         groups: the conv's groups: one exact orthogonal centre block per group; 1 treats the
             ``(c_out, c_in/groups)`` centre as one matrix (the EOI paper's rule).
+        nm: ``(N, M)``: at most ``N`` nonzeros in every ``M`` consecutive inputs of each output
+            row (Linear), or input channels at each tap of each output channel (convs);
+            docs/nm.md §7. The input size (``in``, ``c_in/groups``) must be a multiple of ``M``
+            and ``density`` at most the reachable one (``N/M`` when ``N`` divides ``M``; a
+            conv's centre density is capped at its reachable one, extra positions fill the
+            rest under the cap).
 
     Returns:
         The bool mask, same shape and device as ``tensor``.
 
     Raises:
         ValueError: density outside (0, 1] or NaN, 1-D or >5-D tensors, even kernel sizes, an
-            unknown backend, groups < 1 or not dividing ``c_out``, groups > 1 for a 2-D weight.
-        TypeError: non-tensor or non-floating tensor, non-integer groups.
+            unknown backend, groups < 1 or not dividing ``c_out``, groups > 1 for a 2-D weight;
+            with ``nm``: a bad ``(N, M)``, an input size not a multiple of ``M``, a density (or
+            numeric ``center_density``) above the reachable one.
+        TypeError: non-tensor or non-floating tensor, non-integer groups, ``nm`` not a pair of
+            integers.
         RuntimeError: a backend named that cannot run here (``"compiled"`` without numba).
 
     Example:
         >>> w = torch.empty(256, 128)
         >>> mask = eoi_(w, 0.1, generator=torch.Generator().manual_seed(0))
+        >>> mask = eoi_(torch.empty(64, 128), 0.5, nm=(2, 4))  # 2:4 along the inputs
     """
     if not _check_weight(tensor, "eoi_"):
         return torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
     groups = _check_groups(tensor, groups, "eoi_")
     density = check_density(density)
     gain = check_gain(gain)
+    if nm is not None:
+        nm = _check_nm_weight(tensor, nm, density, center_density, groups, "eoi_")
     return _fill_group([tensor], density, gain, check_generator(generator), center_density,
-                       backend, groups)[0]
+                       backend, groups, nm)[0]
 
 
 def eoi_group_(
@@ -343,6 +416,7 @@ def eoi_group_(
     center_density: CenterDensity = None,
     backend: str = "auto",
     groups: int = 1,
+    nm: tuple[int, int] | None = None,
 ) -> list[torch.Tensor]:
     """Fill same-shape weights in place with EOI in one batched generation; return their masks.
 
@@ -370,8 +444,10 @@ def eoi_group_(
     groups = _check_groups(first, groups, "eoi_group_")
     density = check_density(density)
     gain = check_gain(gain)
+    if nm is not None:
+        nm = _check_nm_weight(first, nm, density, center_density, groups, "eoi_group_")
     return _fill_group(tensors, density, gain, check_generator(generator), center_density,
-                       backend, groups)
+                       backend, groups, nm)
 
 
 def _check_conv_rule(conv: object, fn: str) -> str:

@@ -38,7 +38,7 @@ import torch
 
 from .stream import Draws, expected_rotations
 
-__all__ = ["NMDraws", "check_nm", "check_nm_problem", "class_sizes", "max_nnz",
+__all__ = ["NMDraws", "add_capped", "check_nm", "check_nm_problem", "class_sizes", "max_nnz",
            "reachable_density", "satisfies_nm"]
 
 
@@ -148,6 +148,38 @@ def satisfies_nm(mask: torch.Tensor, nm: tuple[int, int]) -> bool:
                          f"multiple of M={m}")
     counts = (mask != 0).reshape(*mask.shape[:-1], -1, m).sum(dim=-1)
     return bool((counts <= n).all())
+
+
+def add_capped(taken: np.ndarray, count: int, n: int, rng: np.random.Generator) -> None:
+    """Set ``count`` more entries of the bool groups ``taken`` ``(G, M)`` to True, in place,
+    keeping at most ``n`` per group (every group must hold at most ``n`` already).
+
+    Group ``g`` has ``n - kept_g`` free *slots*. A uniformly random ``count``-subset of all free
+    slots says how many entries each group gains; each group then gains that many of its False
+    entries, uniformly (docs/nm.md §9). With every group empty and ``count = n G`` (density
+    ``N/M``) the result is a uniform N:M mask with exactly ``n`` per group; below it the counts
+    per group are hypergeometric. Draws from ``rng`` only (a ``numpy`` stream the caller seeds
+    from its generator): the slots (only when ``count`` is below the free slots), then one
+    uniform per entry of the groups that gain.
+    """
+    kept = taken.sum(axis=1)
+    free = np.maximum(n - kept, 0)
+    total = int(free.sum())
+    if count > total:
+        raise AssertionError(f"cannot add {count} entries under the cap: {total} free slots")
+    if count == 0:
+        return
+    if count == total:
+        gain = free
+    else:
+        owner = np.repeat(np.arange(taken.shape[0]), free)  # the group of every free slot
+        picked = np.argpartition(rng.random(total), count - 1)[:count]
+        gain = np.bincount(owner[picked], minlength=taken.shape[0])
+    rows = np.flatnonzero(gain)
+    keys = rng.random((rows.size, taken.shape[1]))
+    keys[taken[rows]] = 2.0  # taken entries rank last
+    ranks = np.argsort(np.argsort(keys, axis=1), axis=1)
+    taken[rows] |= ranks < gain[rows, None]
 
 
 class NMDraws(Draws):

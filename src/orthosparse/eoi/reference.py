@@ -12,6 +12,7 @@ import math
 import torch
 
 from .._checks import check_generator
+from .nm import NMDraws
 from .problem import Problem, make_problem
 from .stream import Draws, keep_later
 
@@ -63,15 +64,20 @@ def reference_sparse_orthogonal(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
     batch: int | None = None,
+    nm: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Build EOI matrices one rotation at a time, recounting the support each step (the oracle).
 
     Same arguments and random stream as :func:`orthosparse.eoi.sparse_orthogonal` (which gives
     the same result with ``backend="reference"``); float64 by default, for tests and benchmarks.
+    ``nm=(N, M)``: N:M structured EOI on :class:`orthosparse.eoi.nm.NMDraws` (docs/nm.md).
     """
-    problem = make_problem(rows, cols, density, gain=gain, dtype=dtype, batch=batch,
+    problem = make_problem(rows, cols, density, gain=gain, dtype=dtype, batch=batch, nm=nm,
                            stacklevel=2)
-    draws = Draws(problem.n_mat, problem.c, problem.density, check_generator(generator))
+    generator = check_generator(generator)
+    draws = Draws(problem.n_mat, problem.c, problem.density, generator) if problem.nm is None \
+        else NMDraws(problem.n_mat, problem.rows, problem.cols, problem.density, problem.nm,
+                     generator)
     weight, mask = build(problem, draws)
     weight = weight.to(problem.dtype)
     if batch is None:
