@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 import orthosparse
 from orthosparse.lab.cli import main
 from orthosparse.lab.config import config_hash
-from orthosparse.lab.presets import PAPER_INITS, PAPER_MASKS, list_sweeps
+from orthosparse.lab.presets import PAPER_CONV_INITS, PAPER_INITS, PAPER_MASKS, list_sweeps
 from orthosparse.lab.runs import lock_holder, run_state, try_lock
 from orthosparse.lab.sweep import (
     _Runner,
@@ -164,6 +165,7 @@ def test_unknown_sweep_preset_and_missing_file(tmp_path):
 
 
 def test_paper_mlp_grid_is_the_papers():
+    # specs/mlp/loss-curves.py of the official code (docs/protocol.md): no SAO in this spec.
     runs = expand_sweep("paper-mlp", sweep_dir="unused")
     masks, inits = set(PAPER_MASKS), set(PAPER_INITS)
     assert masks == {"uniform", "erk", "snip", "grasp", "synflow"}
@@ -173,17 +175,32 @@ def test_paper_mlp_grid_is_the_papers():
     combos = {(r.config.mask, r.config.init, r.config.density, r.config.activation)
               for r in grid}
     assert len(combos) == 5 * 3 * 2 * 4
-    assert {r.config.seed for r in grid} == {0, 1, 2, 3, 4}
+    assert {r.config.seed for r in grid} == {1, 2, 3, 4, 5}
     dense = [r for r in runs if r.config.mask == "dense"]
     assert len(dense) == 2 * 4 * 5 and {r.config.density for r in dense} == {1.0}
-    sao = [r for r in runs if r.config.init == "sao"]
-    assert len(sao) == 4 * 2 * 5
-    assert all(("activation=relu" in r.config.sparsify_options) == (r.config.activation == "relu")
-               for r in sao)
-    assert len(runs) == 600 + 40 + 40
+    assert {r.config.init for r in dense} == {"orthogonal", "kaiming"}
+    assert len(runs) == 600 + 40
     cfg = grid[0].config  # the paper protocol, from the preset
     assert (cfg.dataset, cfg.depth, cfg.width, cfg.epochs, cfg.lr, cfg.batch_size) == (
         "mnist", 7, 100, 100, 0.01, 128)
+    assert "score_weights=orthogonal" in cfg.sparsify_options
+
+
+def test_paper_resnet56_grid_is_the_official_spec():
+    # specs/contemporary-networks/res56.py: sparse baselines without SynFlow, EOI at lr 0.1 and
+    # 0.01, SynFlow in float64 for all three inits, dense conv_orthogonal and default.
+    runs = expand_sweep("paper-resnet56", sweep_dir="unused")
+    cells = Counter((r.config.mask, r.config.init, r.config.lr) for r in runs)
+    for mask in ("uniform", "erk", "snip", "grasp"):
+        assert cells[(mask, "conv-orthogonal", 0.1)] == cells[(mask, "ai", 0.1)] == 10
+        assert cells[(mask, "eoi", 0.1)] == cells[(mask, "eoi", 0.01)] == 10
+    for init in PAPER_CONV_INITS:
+        assert cells[("synflow", init, 0.1)] == 10
+    assert cells[("dense", "conv-orthogonal", 0.1)] == cells[("dense", "kaiming", 0.1)] == 5
+    assert len(runs) == 200
+    synflow = next(r.config for r in runs if r.config.mask == "synflow")
+    assert "synflow:double_precision=true" in synflow.sparsify_options
+    assert synflow.model_options == ["shortcut=B"]
 
 
 @pytest.mark.parametrize("name", list_sweeps())
@@ -195,9 +212,9 @@ def test_config_files_are_the_named_sweeps(name):
 
 
 def test_toml_round_trip(tmp_path):
-    text = sweep_to_toml("paper-resnet")
+    text = sweep_to_toml("paper-resnet56")
     again = expand_sweep(write(tmp_path, text), sweep_dir="x")
-    assert [r.hash for r in again] == [r.hash for r in expand_sweep("paper-resnet",
+    assert [r.hash for r in again] == [r.hash for r in expand_sweep("paper-resnet56",
                                                                     sweep_dir="x")]
 
 
