@@ -535,3 +535,16 @@ def test_global_rng_untouched_when_a_generator_is_given():
     compute_masks("erk", net, 0.3, generator=gen())
     assert np.array_equal(np.random.get_state()[1], np_state)  # noqa: NPY002
     assert torch.equal(torch.get_rng_state(), torch_state)
+
+
+def test_uniform_skip_budget_middle_is_the_official_uni_skip():
+    # Official uni_skip (docs/protocol.md): middle layers at the density itself, ends dense on top.
+    net = three_layer_mlp((10, 20, 20, 20, 5))              # 200, 400, 400, 100 weights
+    masks = compute_masks("uniform-skip", net, 0.1, budget="middle", generator=gen())
+    assert counts_of(masks) == [200, 40, 40, 100]            # 380 of 1100, not 110
+    # No feasibility bound: the ends do not come out of the budget.
+    assert counts_of(compute_masks("uniform-skip", net, 0.01, budget="middle",
+                                   generator=gen())) == [200, 4, 4, 100]
+    with pytest.raises(ValueError, match=r"uniform-skip: budget='total' must be one of: "
+                                         r"'network', 'middle'"):
+        compute_masks("uniform-skip", net, 0.1, budget="total")

@@ -179,20 +179,35 @@ def uniform(layers: list[PrunableLayer], density: float) -> list[int]:
     return [keep_count(density, layer.weight.numel()) for layer in layers]
 
 
+UNIFORM_SKIP_BUDGETS: tuple[str, ...] = ("network", "middle")
+"""Values of ``uniform-skip``'s ``budget``: what the density is the density of."""
+
+
 @register_mask_method("uniform-skip")
-def uniform_skip(layers: list[PrunableLayer], density: float) -> list[int]:
+def uniform_skip(layers: list[PrunableLayer], density: float, *, budget: str = "network"
+                 ) -> list[int]:
     """Keep the first and last prunable layers dense and the others uniform.
 
-    The uniform density ``d_mid`` of the middle layers makes the overall density the target:
-    ``n_first + n_last + d_mid * N_mid = density * N``; counts are apportioned so that the total
-    is exactly ``keep_count(density, N)``.
+    ``budget="network"`` (default): the uniform density ``d_mid`` of the middle layers makes the
+    overall density the target: ``n_first + n_last + d_mid * N_mid = density * N``; counts are
+    apportioned so that the total is exactly ``keep_count(density, N)``.
+    ``budget="middle"``: every middle layer keeps ``keep_count(density, n)`` weights and the dense
+    ends come on top, so the network is denser than ``density``; this is the official code's
+    ``uni_skip`` masks of `Sparser, Better, Deeper, Stronger` - Nowak et al. (2024), arXiv
+    2406.01755 (``uniform_skip_first_last_initializer``; docs/protocol.md).
 
     Raises:
-        ValueError: ``density`` does not exceed the dense share ``(n_first + n_last) / N``.
+        ValueError: an unknown ``budget``; with ``budget="network"``, ``density`` does not exceed
+            the dense share ``(n_first + n_last) / N``.
     """
+    if not isinstance(budget, str) or budget not in UNIFORM_SKIP_BUDGETS:
+        raise ValueError(f"uniform-skip: budget={budget!r} must be one of: "
+                         f"{', '.join(map(repr, UNIFORM_SKIP_BUDGETS))}")
     numels = [layer.weight.numel() for layer in layers]
     total = sum(numels)
     ends = {0, len(layers) - 1}
+    if budget == "middle":
+        return [n if i in ends else keep_count(density, n) for i, n in enumerate(numels)]
     n_dense = sum(numels[i] for i in ends)
     n_mid = total - n_dense
     if density < 1.0 and (n_mid == 0 or density * total <= n_dense):
