@@ -52,7 +52,7 @@ def counts_of(masks: dict[str, torch.Tensor]) -> list[int]:
 # ----------------------------------------------------------------------------- registry
 def test_registry_lists_every_method():
     assert list_mask_methods() == sorted(
-        ["dense", "uniform", "er", "erk", "uniform-skip", "snip", "grasp", "synflow"])
+        ["dense", "uniform", "er", "erk", "uniform-skip", "snip", "grasp", "synflow", "nm"])
 
 
 def test_unknown_method_lists_valid_names():

@@ -55,7 +55,7 @@ def test_registry_lists_all_schemes_and_rejects_unknown():
                                          r"ai, conv-orthogonal, eoi, kaiming"):
         init_layers("eo", make_mlp(), None)
     assert get_scheme("eoi").own_masks and not get_scheme("kaiming").own_masks
-    assert get_scheme("eoi").options == ["center_density", "grouped"]
+    assert get_scheme("eoi").options == ["center_density", "nm", "grouped"]
     assert get_scheme("orthogonal").options == ["conv", "grouped"]
     assert get_scheme("conv-orthogonal").options == ["grouped"]
     assert get_scheme("ai").options == ["iterations", "lr", "start", "conv"]

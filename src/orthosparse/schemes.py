@@ -55,6 +55,7 @@ from ._registry import Registry
 from .baselines.ai import approximate_isometry_
 from .baselines.sao import sao_layers_
 from .init import CONV_RULES, conv_orthogonal_, eoi_group_, orthogonal_
+from .masks.nm import check_nm_option, indivisible_layers
 
 __all__ = [
     "SCHEMES",
@@ -210,7 +211,8 @@ def _names(layers: Sequence[PrunableLayer]) -> str:
 @register_scheme("eoi", own_masks=True)
 def _eoi(layers: list[PrunableLayer], masks: Mapping[str, Tensor] | None,
          densities: Mapping[str, float], *, gain: float, generator: torch.Generator | None,
-         center_density: float | str | None = None, grouped: Grouped = "blocks"
+         center_density: float | str | None = None, nm: tuple[int, int] | str | None = None,
+         grouped: Grouped = "blocks"
          ) -> dict[str, Tensor]:
     """Exact Orthogonal Initialization: the rotations choose the positions.
 
@@ -219,25 +221,51 @@ def _eoi(layers: list[PrunableLayer], masks: Mapping[str, Tensor] | None,
     dtype, device and groups are generated in one batched call (``orthosparse.init.eoi_group_``);
     convs get the sparse delta-orthogonal kernel (``center_density``: see ``orthosparse.init``),
     grouped convs one exact orthogonal centre block per group (``grouped="blocks"``) or the
-    paper's one matrix (``grouped="paper"``).
+    paper's one matrix (``grouped="paper"``). ``nm=(N, M)`` (or ``"N,M"``): N:M structured EOI
+    (``eoi_group_(..., nm=)``, docs/nm.md §7, §9); ``sparsify(mask="nm")`` passes its ``nm``
+    here too.
     """
+    layer_nm = _eoi_nm(layers, densities, nm)
     groups: dict[tuple, list[PrunableLayer]] = {}
     for layer in layers:
         w = layer.weight
-        key = (tuple(w.shape), densities[layer.name], w.dtype, w.device, _groups(layer, grouped))
+        key = (tuple(w.shape), densities[layer.name], w.dtype, w.device, _groups(layer, grouped),
+               layer_nm[layer.name])
         groups.setdefault(key, []).append(layer)
     out: dict[str, Tensor] = {}
-    for (_, density, _, _, conv_groups), group in groups.items():
+    for (_, density, _, _, conv_groups, group_nm), group in groups.items():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             got = eoi_group_([layer.weight for layer in group], density, gain=gain,
                              generator=generator, center_density=center_density,
-                             groups=conv_groups)
+                             groups=conv_groups, nm=group_nm)
         for warning in caught:  # the core does not know the layer names: add them
             warnings.warn(f"layer {_names(group)}: {warning.message}", warning.category,
                           stacklevel=3)
         out.update(zip([layer.name for layer in group], got, strict=True))
     return {layer.name: out[layer.name] for layer in layers}
+
+
+def _eoi_nm(layers: list[PrunableLayer], densities: Mapping[str, float],
+            nm: object) -> dict[str, tuple[int, int] | None]:
+    """Each layer's ``nm`` under the eoi option ``nm`` (docs/nm.md §9): ``(N, M)``, or None for a
+    layer whose input size is not a multiple of ``M`` and that is dense (density 1, as
+    ``mask="nm", nm_indivisible="dense"`` leaves it).
+
+    Raises:
+        ValueError: sparse layers whose input size is not a multiple of ``M`` (listing them).
+    """
+    if nm is None:
+        return {layer.name: None for layer in layers}
+    n, m = check_nm_option(nm)
+    bad = [(name, size) for name, size in indivisible_layers(layers, m)
+           if densities[name] < 1.0]
+    if bad:
+        shown = ", ".join(f"{name!r} (input size {size})" for name, size in bad)
+        raise ValueError(f"init 'eoi' with nm={(n, m)} needs the input size of every sparse "
+                         f"layer to be a multiple of M={m}; not: {shown} (mask 'nm' with "
+                         f"nm_indivisible='dense' keeps such layers dense)")
+    return {layer.name: None if int(layer.weight.shape[1]) % m else (n, m) for layer in layers}
 
 
 @register_scheme("orthogonal")
@@ -421,6 +449,8 @@ def check_scheme_arguments(entry: Scheme, gain: object, bias_std: object,
         allowed = ", ".join(entry.options) or "(none)"
         raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for init scheme "
                         f"{entry.name!r}; its options are: {allowed}")
+    if options.get("nm") is not None and "nm" in entry.options:
+        check_nm_option(options["nm"])  # N:M structure (docs/nm.md §9), before any work
     for key, value in options.items():
         allowed = _CHOICES.get((entry.name, key))
         if allowed is not None and (not isinstance(value, str) or value not in allowed):

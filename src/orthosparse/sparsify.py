@@ -58,12 +58,20 @@ SCORE_WEIGHTS: tuple[str, ...] = ("current", "orthogonal", "conv-orthogonal", "k
 init scheme drawn before the mask method runs."""
 
 
+# Options a mask method and an init scheme may both take, and then both get: the structure of the
+# masks, which a scheme that builds its own masks must build too (nm: docs/nm.md §9).
+_SHARED_OPTIONS: tuple[str, ...] = ("nm",)
+
+
 def _route(options: dict[str, Any], mask: object, mask_opts: list[str], init: str,
            init_opts: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Send each option to the mask method or the init scheme that takes it."""
+    """Send each option to the mask method or the init scheme that takes it (a shared one,
+    :data:`_SHARED_OPTIONS`, to both)."""
     to_mask, to_init = {}, {}
     for key, value in options.items():
-        if key in mask_opts and key in init_opts:
+        if key in mask_opts and key in init_opts and key in _SHARED_OPTIONS:
+            to_mask[key] = to_init[key] = value
+        elif key in mask_opts and key in init_opts:
             raise TypeError(f"option {key!r} is taken by both mask method {mask!r} and init "
                             f"{init!r}; call compute_masks and init_layers separately")
         if key in mask_opts:
@@ -110,7 +118,7 @@ def sparsify(
     Args:
         model: any module; its Linear/Conv weights are sparsified.
         density: overall fraction of prunable weights kept, in (0, 1] (may be ``None`` when
-            ``mask`` is a per-layer density map).
+            ``mask`` is a per-layer density map, or ``"nm"``: ``N/M``).
         mask: mask method (``orthosparse.masks.list_mask_methods()``) or ``{name or glob:
             density}``.
         init: init scheme (:func:`~orthosparse.schemes.list_inits`).
@@ -137,7 +145,9 @@ def sparsify(
             Random mask methods draw positions only, so the re-initialization matters for them
             only through those kept weights.
         **options: options of the mask method (e.g. ``erk_power_scale``, ``rounds``) or of the
-            init scheme (e.g. ``center_density``, ``nonlinearity``), routed by name.
+            init scheme (e.g. ``center_density``, ``nonlinearity``), routed by name. ``nm=(N,
+            M)`` goes to both ``mask="nm"`` and ``init="eoi"``: N:M masks, built by EOI itself
+            (``eoi_(nm=)``) or drawn at random for a scheme that keeps masks (docs/nm.md §9).
 
     Returns:
         ``{parameter name: bool mask}`` of every sparsified weight, as installed on the model.
@@ -159,6 +169,12 @@ def sparsify(
     generator = check_generator(generator)
     scheme = get_scheme(init)
     to_mask, to_init = _route(options, mask, method.options, init, scheme.options)
+    if scheme.own_masks and method.positions is not None:  # structured masks (nm)
+        lost = [k for k in _SHARED_OPTIONS if k in method.options and k not in scheme.options]
+        if lost:
+            raise ValueError(f"mask {mask!r} gives structured masks ({', '.join(lost)}), but "
+                             f"init {init!r} builds its own masks without that structure; use "
+                             f"init 'eoi' or a scheme that keeps masks")
     check_gain(gain)  # the one gain rule of every entry point (orthosparse._checks)
     gain, bias_std = check_scheme_arguments(scheme, gain, bias_std, to_init)
     if not isinstance(score_weights, str) or score_weights not in SCORE_WEIGHTS:

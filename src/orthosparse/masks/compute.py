@@ -19,7 +19,7 @@ from torch import nn
 
 from .._checks import check_density, check_generator
 from .._layers import PrunableLayer, prunable_layers
-from . import saliency  # noqa: F401  (registers snip, grasp, synflow)
+from . import nm, saliency  # noqa: F401  (register nm; snip, grasp, synflow)
 from .density import check_counts, density_map_counts, draw_positions
 from .registry import MASK_METHODS, MaskMethod, MaskMethodName, warn_empty
 
@@ -49,8 +49,8 @@ def get_mask_method(method: MaskMethodName | str | Mapping[str, float], *,
 
 def check_method_density(method: MaskMethod, density: object) -> float | None:
     """Validate the overall ``density`` for ``method`` (a density map may go without one)."""
-    if density is None and method.name == _DENSITY_MAP:
-        return None
+    if density is None and (method.name == _DENSITY_MAP or method.positions is not None):
+        return None  # a map's own densities; a structured method's default (nm: N/M)
     return check_density(density)
 
 
@@ -110,7 +110,10 @@ def masks_for(method: MaskMethod, model: nn.Module, layers: list[PrunableLayer],
     """:func:`compute_masks` on checked arguments."""
     if method.data_driven:
         return _run_data_driven(method, model, layers, density, data, loss_fn, options)
-    return draw_positions(layers, _counts(method, layers, density, options), generator)
+    counts = _counts(method, layers, density, options)
+    if method.positions is not None:  # a structure of its own (nm)
+        return method.positions(layers, counts, generator, **options)
+    return draw_positions(layers, counts, generator)
 
 
 def densities_for(method: MaskMethod, model: nn.Module, layers: list[PrunableLayer],

@@ -11,6 +11,11 @@ A mask method is one of two kinds (docs/design.md §3, the sparsify pipeline):
   ``fn(model, layers, density, *, data, loss_fn, **options) -> {name: bool mask}``. Positions come
   from scores of the weights, so the counts are read from the masks.
 
+A random method may place its counts itself (``positions``: ``nm``, whose masks keep at most
+``N`` of every ``M`` consecutive inputs, docs/nm.md §9):
+``positions(layers, counts, generator, **options) -> {name: bool mask}`` replaces the uniform
+draw. Its ``density`` may be ``None`` (the method's default).
+
 The method's own keyword-only parameters are its options. This module imports no other mask
 module: the methods register themselves here, and ``orthosparse.masks.compute`` runs them.
 """
@@ -38,7 +43,7 @@ __all__ = [
 ]
 
 MaskMethodName = Literal[
-    "dense", "uniform", "er", "erk", "uniform-skip", "snip", "grasp", "synflow"
+    "dense", "uniform", "er", "erk", "uniform-skip", "snip", "grasp", "synflow", "nm"
 ]
 MaskFn = Callable[..., object]
 
@@ -53,6 +58,8 @@ class MaskMethod:
     name: str
     fn: MaskFn
     data_driven: bool
+    positions: MaskFn | None = None
+    """A random method's own placement of its counts (``nm``), or None: uniform positions."""
 
     @property
     def options(self) -> list[str]:
@@ -64,8 +71,9 @@ class MaskMethod:
 MASK_METHODS: Registry[MaskMethod] = Registry("mask method")
 
 
-def register_mask_method(name: str, fn: MaskFn | None = None, *,
-                         data_driven: bool = False) -> Callable[[MaskFn], MaskFn] | MaskFn:
+def register_mask_method(name: str, fn: MaskFn | None = None, *, data_driven: bool = False,
+                         positions: MaskFn | None = None
+                         ) -> Callable[[MaskFn], MaskFn] | MaskFn:
     """Register ``fn`` as mask method ``name``; usable as a decorator when ``fn`` is omitted.
 
     Args:
@@ -74,6 +82,9 @@ def register_mask_method(name: str, fn: MaskFn | None = None, *,
             ``data_driven=True`` ``fn(model, layers, density, *, data, loss_fn, **options) ->
             {name: bool mask}``.
         data_driven: ``fn`` returns masks computed from the model (and data), not counts.
+        positions: a random method's placement of the counts,
+            ``positions(layers, counts, generator, **options) -> {name: bool mask}`` (the
+            method's options, every one); None: uniformly random positions.
 
     Raises:
         ValueError: ``name`` is already registered.
@@ -88,7 +99,7 @@ def register_mask_method(name: str, fn: MaskFn | None = None, *,
     def add(item: MaskFn) -> MaskFn:
         if not callable(item):
             raise TypeError(f"mask method {name!r} must be callable, got {type(item).__name__}")
-        MASK_METHODS.register(name, MaskMethod(name, item, bool(data_driven)))
+        MASK_METHODS.register(name, MaskMethod(name, item, bool(data_driven), positions))
         return item
 
     return add if fn is None else add(fn)
