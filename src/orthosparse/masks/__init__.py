@@ -3,7 +3,8 @@
 ``compute_masks(method, model, density, ...)`` returns ``{param name: bool mask}``;
 ``compute_densities`` returns the per-layer densities alone, drawing no random position.
 ``method`` is one of :func:`list_mask_methods` (``dense``, ``uniform``, ``er``, ``erk``,
-``uniform-skip``, ``snip``, ``grasp``, ``synflow``) or a per-layer density map.
+``uniform-skip``, ``snip``, ``grasp``, ``synflow``, ``nm``: N:M masks, docs/nm.md §9) or a
+per-layer density map.
 
 Example:
     >>> from orthosparse.masks import compute_masks, layer_densities

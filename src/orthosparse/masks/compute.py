@@ -197,7 +197,8 @@ def compute_masks(
             ``snip`` its ``loss`` option, ``"nll-logits"``; for ``grasp`` cross-entropy).
         **options: method options, e.g. ``erk_power_scale``; ``snip``: ``loss``, ``batches``;
             ``grasp``: ``variant``, ``batches``, ``temperature``; ``synflow``: ``rounds``,
-            ``input_shape``, ``double_precision``. The saliency defaults are the paper's
+            ``input_shape``, ``double_precision``; ``nm``: ``nm=(N, M)``, ``nm_indivisible``
+            (docs/nm.md §9). The saliency defaults are the paper's
             official code (:mod:`orthosparse.masks.saliency`, docs/protocol.md): with no option,
             ``compute_masks("grasp", model, d, data=loader)`` scores every batch of ``loader``
             at temperature 200 and keeps the official end of the score.
