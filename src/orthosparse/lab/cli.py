@@ -416,6 +416,53 @@ def _sweep_flags(parser: argparse.ArgumentParser) -> None:
                         help="print the sweep as a TOML file and exit")
     parser.add_argument("--report", action="store_true",
                         help="write the report (orthosparse report) when the sweep ends")
+    from .executors import list_executors
+
+    group = parser.add_argument_group(
+        "executor", "where the runs execute (docs/cluster.md); each flag overrides the sweep "
+                    "file's [executor.NAME] option named in brackets")
+    group.add_argument("--executor", choices=list_executors(),
+                       help="local: one subprocess per run here (--jobs); ray: Ray tasks on a "
+                            "cluster or a local one, warm workers (extra ray); submitit: SLURM "
+                            "job arrays, requeued on preemption (extra slurm) [default: the "
+                            "file's [executor] name, else local]")
+    group.add_argument("--address", help="ray: the cluster to connect to, e.g. auto or "
+                                         "ray://head:10001 [address]")
+    group.add_argument("--cpus-per-run", type=float, metavar="N",
+                       help="ray, submitit: CPUs per run (per job with submitit), also its "
+                            "thread count [cpus; default 1]")
+    group.add_argument("--gpus-per-run", type=float, metavar="N",
+                       help="ray, submitit: GPUs per run (per job with submitit) [gpus]")
+    group.add_argument("--partition", help="submitit: SLURM partition [partition]")
+    group.add_argument("--time-limit", type=int, metavar="MINUTES",
+                       help="submitit: time limit of one job; a job that reaches it is "
+                            "requeued and its runs resume [time; default 60]")
+    group.add_argument("--array-parallelism", type=int, metavar="N",
+                       help="submitit: jobs running at once [array_parallelism]")
+    group.add_argument("--runs-per-job", type=int, metavar="N",
+                       help="submitit: runs trained one after the other in one job "
+                            "[runs_per_job; default 1]")
+    group.add_argument("--cluster", choices=["slurm", "local", "debug"],
+                       help="submitit: where jobs go [cluster; default: slurm when sbatch is "
+                            "found, else local processes]")
+
+
+_EXECUTOR_FLAGS = {"address": "address", "cpus_per_run": "cpus", "gpus_per_run": "gpus",
+                   "partition": "partition", "time_limit": "time",
+                   "array_parallelism": "array_parallelism", "runs_per_job": "runs_per_job",
+                   "cluster": "cluster"}
+"""``orthosparse sweep`` executor flag (argparse dest) -> executor option."""
+
+
+def _executor_flags(args: argparse.Namespace) -> dict[str, Any]:
+    options = {}
+    for dest, key in _EXECUTOR_FLAGS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            if key == "gpus" and float(value).is_integer():
+                value = int(value)  # submitit takes whole GPUs
+            options[key] = value
+    return options
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
@@ -434,7 +481,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     devices = [d for d in args.devices.split(",") if d.strip()] if args.devices else None
     result = run_sweep(args.source, jobs=args.jobs, out=args.out, overrides=overrides,
                        retry_failed=not args.skip_failed, devices=devices,
-                       timeout=args.timeout, dry_run=args.dry_run)
+                       timeout=args.timeout, dry_run=args.dry_run, executor=args.executor,
+                       executor_options=_executor_flags(args))
     if args.dry_run:
         print(f"# sweep directory: {result.sweep_dir}")
         keys = list(result.runs[0].values) if result.runs else []
@@ -535,15 +583,19 @@ COMMANDS: dict[str, Command] = {
                     "and Jacobian singular values (PNG) into PATH/report/.",
         flags=_report_flags, run=_run_report),
     "sweep": Command(
-        help="run a grid of experiments (TOML sweep file or preset), N at a time; restartable",
+        help="run a grid of experiments (TOML sweep file or preset), N at a time, here, on "
+             "Ray or on SLURM; restartable",
         description="Expand a grid (any config key may be a list), run each run in its own "
-                    "process, --jobs at a time (one GPU each when several are visible), skip "
-                    "runs that have results, resume killed runs from their checkpoint and "
-                    "record failed runs' tracebacks (failed.json) and carry on. Rerun the same "
-                    "command to continue an interrupted sweep. Exit codes: 0 every run has a "
-                    "result, 1 some failed, 2 bad usage, 130 interrupted.",
+                    "process, --jobs at a time (one GPU each when several are visible), or on "
+                    "a Ray cluster (--executor ray) or SLURM (--executor submitit), skip runs "
+                    "that have results, resume killed runs from their checkpoint and record "
+                    "failed runs' tracebacks (failed.json) and carry on. Every executor uses "
+                    "the same run folders. Rerun the same command to continue an interrupted "
+                    "sweep. Exit codes: 0 every run has a result, 1 some failed, 2 bad usage, "
+                    "130 interrupted.",
         usage=f"{PROG} sweep [GRID.toml|NAME] [--jobs N] [--out DIR] [--set KEY=VALUE] "
-              f"[--skip-failed] [--dry-run] [--print] [--report]",
+              f"[--skip-failed] [--dry-run] [--print] [--report] [--executor "
+              f"local|ray|submitit] [executor flags]",
         flags=_sweep_flags, run=_run_sweep),
     "train": Command(
         help="train one configured experiment (preset, TOML file and --key value overrides)",

@@ -21,6 +21,11 @@ A sweep file (or a named sweep preset, :func:`orthosparse.lab.presets.list_sweep
     mask = "snip"
     init = "orthogonal"
 
+    [executor]                   # optional: where the runs execute (--executor wins), and
+    name = "ray"                 # each executor's options (orthosparse.lab.executors)
+    [executor.ray]
+    cpus = 1
+
 On disk, ``<out>/<name>/`` holds ``sweep.json`` (the expanded grid: every run's directory,
 config hash and varying values), ``index.json``/``index.csv`` (each run's state and metrics,
 rewritten whenever a run ends), ``sweep.log``, and ``runs/<name>-<hash>/`` per run (see
@@ -29,12 +34,14 @@ skips runs with a ``final.json`` (finished or diverged), resumes runs with a che
 it, retries failed runs (``failed.json`` holds the traceback) unless ``retry_failed=False``,
 and finds a run by its config hash even if its directory name changed with the grid.
 
-Each run is a separate process (``python -m orthosparse train --resume RUN_DIR``), so a crash
-cannot take the sweep down; ``jobs`` run side by side, each pinned to one GPU through
-``CUDA_VISIBLE_DEVICES`` when several are visible, or given ``cpu_count // jobs`` threads on a
-CPU (``OMP_NUM_THREADS``; the run folder records the count, and a resume, by a sweep or by hand,
-keeps it: :func:`orthosparse.lab.runs.run_threads`). Ctrl-C (or SIGTERM) stops the runs (they
-keep their last checkpoint) and exits with 130.
+With the ``local`` executor (the default) each run is a separate process (``python -m
+orthosparse train --resume RUN_DIR``), so a crash cannot take the sweep down; ``jobs`` run side
+by side, each pinned to one GPU through ``CUDA_VISIBLE_DEVICES`` when several are visible, or
+given ``cpu_count // jobs`` threads on a CPU (``OMP_NUM_THREADS``; the run folder records the
+count, and a resume, by a sweep or by hand, keeps it: :func:`orthosparse.lab.runs.run_threads`).
+``executor="ray"`` or ``"submitit"`` runs them on a Ray cluster or SLURM instead, with the same
+folders (:mod:`orthosparse.lab.executors`, docs/cluster.md). Ctrl-C (or SIGTERM) stops the runs
+(they keep their last checkpoint) and exits with 130.
 
 Example:
     >>> result = run_sweep("configs/digits-grid.toml", jobs=2)
@@ -64,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic import write_atomic
+from . import executors as _executors
 from .config import (
     GROUPS,
     TrainConfig,
@@ -103,7 +111,7 @@ __all__ = [
     "parse_overrides",
 ]
 
-WORKER_LOG = "worker.log"
+WORKER_LOG = _executors.WORKER_LOG
 
 _SWEEP_KEYS = ("name", "preset", "config", "description", "out")
 _LIST_FIELDS = frozenset(f.name for f in config_fields()
@@ -111,8 +119,7 @@ _LIST_FIELDS = frozenset(f.name for f in config_fields()
 _ABBREV = {"seed": "s", "density": "d", "depth": "L", "width": "w", "epochs": "e", "lr": "lr",
            "gain": "g", "batch_size": "b", "weight_decay": "wd", "bias_std": "bs"}
 # torchrun's variables: a sweep started inside a distributed job must not make its runs join it.
-_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-             "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+_DIST_ENV = _executors._DIST_ENV
 
 
 # --------------------------------------------------------------------------- the spec
@@ -132,6 +139,8 @@ class SweepSpec:
         description: free text.
         out: parent directory of the sweep directory.
         source: where the spec came from (a path or ``preset NAME``).
+        executor: the executor the file names (``[executor] name``; ``None``: local).
+        executor_options: ``{executor name: {option: value}}`` from ``[executor.NAME]``.
     """
 
     name: str
@@ -143,6 +152,8 @@ class SweepSpec:
     description: str = ""
     out: str = "sweeps"
     source: str = ""
+    executor: str | None = None
+    executor_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _axis(key: str, value: Any, where: str) -> list[Any]:
@@ -191,11 +202,12 @@ def _block(data: Any, section: str, where: str) -> dict[str, list[Any]]:
 def _spec_from_dict(data: Mapping[str, Any], *, default_name: str, source: str,
                     base_dir: Path | None) -> SweepSpec:
     where = f" ({source})" if source else ""
-    allowed = ("sweep", "grid", "add", "exclude")
+    allowed = ("sweep", "grid", "add", "exclude", "executor")
     for key in data:
         if key not in allowed:
             raise ValueError(f"unknown top-level key {key!r}{where}; a sweep file has [sweep], "
-                             f"[grid], [[add]] and [[exclude]] (config keys go in [grid])")
+                             f"[grid], [[add]], [[exclude]] and [executor] (config keys go in "
+                             f"[grid])")
     head = dict(data.get("sweep", {}))
     for key in head:
         if key not in _SWEEP_KEYS:
@@ -220,10 +232,37 @@ def _spec_from_dict(data: Mapping[str, Any], *, default_name: str, source: str,
     config = head.get("config")
     if config is not None and base_dir is not None and not Path(config).is_absolute():
         config = str(base_dir / config)
+    executor, executor_opts = _executor_table(data.get("executor", {}), where)
     return SweepSpec(name=name, grid=grid, add=blocks("add"), exclude=blocks("exclude"),
                      preset=head.get("preset"), config=config,
                      description=head.get("description", ""), out=head.get("out", "sweeps"),
-                     source=source)
+                     source=source, executor=executor, executor_options=executor_opts)
+
+
+def _executor_table(data: Any, where: str) -> tuple[str | None, dict[str, dict[str, Any]]]:
+    """``[executor]``: ``name`` (the default executor) and one ``[executor.NAME]`` table of
+    options per executor, each checked (:func:`orthosparse.lab.executors.executor_options`)."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"[executor] must be a table{where}, got {type(data).__name__}")
+    name = data.get("name")
+    names = _executors.list_executors()
+    if name is not None and name not in names:
+        raise ValueError(f"[executor] name={name!r}{where} must be one of {', '.join(names)}")
+    options: dict[str, dict[str, Any]] = {}
+    for key, value in data.items():
+        if key == "name":
+            continue
+        if key not in names:
+            raise ValueError(f"unknown key {key!r} in [executor]{where}; allowed: name, and a "
+                             f"table of options per executor: {', '.join(names)}")
+        if not isinstance(value, Mapping):
+            raise TypeError(f"[executor.{key}] must be a table{where}, got {value!r}")
+        try:
+            _executors.executor_options(key, value)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{err} (in [executor.{key}]{where})") from None
+        options[key] = {k.replace("-", "_"): v for k, v in value.items()}
+    return name, options
 
 
 def load_sweep(source: str | Path | Mapping[str, Any] | SweepSpec) -> SweepSpec:
@@ -446,8 +485,12 @@ def _spec_dict(spec: SweepSpec) -> dict[str, Any]:
         head["preset"] = spec.preset
     if spec.config is not None:
         head["config"] = spec.config
-    return {"sweep": head, "grid": spec.grid, "add": list(spec.add),
+    data = {"sweep": head, "grid": spec.grid, "add": list(spec.add),
             "exclude": list(spec.exclude)}
+    if spec.executor is not None or spec.executor_options:
+        data["executor"] = {**({"name": spec.executor} if spec.executor else {}),
+                            **spec.executor_options}
+    return data
 
 
 def _toml(value: Any) -> str:
@@ -457,6 +500,8 @@ def _toml(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
@@ -474,6 +519,10 @@ def sweep_to_toml(spec: SweepSpec | str | Mapping[str, Any]) -> str:
     for section in ("add", "exclude"):
         for block in data[section]:
             lines += ["", f"[[{section}]]", *table(block)]
+    if spec.executor is not None:
+        lines += ["", "[executor]", f"name = {_toml(spec.executor)}"]
+    for name, options in spec.executor_options.items():
+        lines += ["", f"[executor.{name}]", *(f"{k} = {_toml(v)}" for k, v in options.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -576,7 +625,9 @@ def _traceback_tail(log_path: Path, start: int) -> tuple[str, str]:
 
 
 class _Runner:
-    """The scheduling loop of :func:`run_sweep` (state kept in files, see the module doc)."""
+    """The scheduling loop of :func:`run_sweep` (state kept in files, see the module doc): the
+    ``local`` executor's loop, and the log and index every executor reports to
+    (:class:`orthosparse.lab.executors.SweepContext`)."""
 
     def __init__(self, sweep_dir: Path, runs: list[SweepRun], *, jobs: int,
                  gpus: list[str], timeout: float | None, echo: bool) -> None:
@@ -596,6 +647,42 @@ class _Runner:
         self.log.flush()
         if self.echo:
             print(text, flush=True)
+
+    # ---------------------------------------------------------------- executors report here
+    def run_processes(self, runs: Sequence[SweepRun]) -> None:
+        """The ``local`` executor: one subprocess per run, ``jobs`` at a time."""
+        self.loop(deque(runs))
+
+    def started(self, run: SweepRun) -> None:
+        """An executor handed ``run`` to a worker."""
+        self.launched += 1
+
+    def ended(self, run: SweepRun, outcome: _executors.RunOutcome) -> None:
+        """An executor's worker is done with ``run``: log it (its folder says how it stands),
+        record a failure the worker could not record itself, rewrite the index."""
+        run_dir = run.run_dir
+        state = run_state(run_dir)
+        self.done += 1
+        head = f"[{self.done}/{self.total}] {run_dir.name}"
+        if state in HAS_RESULT:
+            acc = _final(run_dir).get("test_acc")
+            acc_text = "-" if acc is None else f"{100 * acc:.2f}%"
+            by = "by another process, " if outcome.by_other else ""
+            self.say(f"{head}: {state}, test acc {acc_text} ({by}{outcome.seconds:.1f} s"
+                     f"{', ' + outcome.where if outcome.where else ''})"
+                     + (f"; the worker then failed: {outcome.error}" if outcome.error else ""))
+        elif outcome.interrupted:
+            self.say(f"{head}: interrupted; it resumes from its checkpoint on restart")
+        else:
+            error = outcome.error or f"the worker ended without a result (state {state})"
+            if not (run_dir / FAILED).is_file():  # the worker died before it could write it
+                write_json(run_dir / FAILED, {
+                    "state": "failed", "returncode": None, "error": error,
+                    "traceback": outcome.traceback, "command": None,
+                    "seconds": outcome.seconds, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "where": outcome.where})
+            self.say(f"{head}: FAILED: {error}; log: {run_dir / WORKER_LOG}")
+        _write_index(self.sweep_dir, self.runs)
 
     def _gpu(self) -> str | None:
         if not self.gpus:
@@ -752,12 +839,13 @@ def run_sweep(source: SweepSpec | str | Path | Mapping[str, Any], *, jobs: int =
               out: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
               retry_failed: bool = True, devices: Sequence[str] | None = None,
               timeout: float | None = None, dry_run: bool = False,
-              echo: bool = True) -> SweepResult:
-    """Run every run of a sweep that has no result yet, ``jobs`` at a time; return the states.
+              echo: bool = True, executor: str | None = None,
+              executor_options: Mapping[str, Any] | None = None) -> SweepResult:
+    """Run every run of a sweep that has no result yet; return the states.
 
     Args:
         source: a sweep TOML file, a sweep preset name, a dict, or a :class:`SweepSpec`.
-        jobs: runs side by side (each its own process).
+        jobs: runs side by side (each its own process; ``local`` executor only).
         out: parent of the sweep directory (default: the spec's ``out``, ``sweeps``).
         overrides: ``{key: value}`` for every run (see :func:`expand_sweep`).
         retry_failed: run failed runs again (from their checkpoint when they have one).
@@ -766,19 +854,36 @@ def run_sweep(source: SweepSpec | str | Path | Mapping[str, Any], *, jobs: int =
         timeout: seconds after which a run is killed and marked failed.
         dry_run: expand and report the states; write and start nothing.
         echo: print progress lines (they also go to ``sweep.log``).
+        executor: ``"local"``, ``"ray"`` or ``"submitit"``
+            (:func:`orthosparse.lab.executors.list_executors`); default: the file's
+            ``[executor] name``, else local. ``jobs``, ``devices`` and ``timeout`` are the
+            local executor's.
+        executor_options: its options (:func:`orthosparse.lab.executors.executor_options`),
+            over the file's ``[executor.NAME]`` table.
 
     Returns:
         A :class:`SweepResult`. Stopped by Ctrl-C/SIGTERM: ``interrupted=True`` (running
         workers get SIGINT, then SIGKILL after 30 s; their checkpoints stay).
 
     Raises:
-        ValueError / TypeError: a bad spec (see :func:`expand_sweep`), ``jobs < 1``.
+        ValueError / TypeError: a bad spec (see :func:`expand_sweep`), ``jobs < 1``, an
+            unknown executor or option, a local-only argument with another executor.
+        ImportError: the executor's library is missing (the message names the extra).
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs={jobs!r} must be a positive integer")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout={timeout!r} must be > 0 seconds or None")
     spec = load_sweep(source)
+    chosen = _executors.get_executor(executor or spec.executor or "local")
+    options = _executors.executor_options(chosen.name, {
+        **spec.executor_options.get(chosen.name, {}), **(executor_options or {})})
+    for arg, value, unset in (("jobs", jobs, 1), ("devices", devices, None),
+                              ("timeout", timeout, None)):
+        if value != unset and arg not in chosen.shared:
+            raise ValueError(f"{arg}={value!r} is the local executor's; executor "
+                             f"{chosen.name!r} takes its resources from its options "
+                             f"({', '.join(f.name for f in dataclasses.fields(options))})")
     sweep_dir = Path(out if out is not None else spec.out) / spec.name
     runs = expand_sweep(spec, sweep_dir=sweep_dir, overrides=overrides)
     result = SweepResult(sweep_dir, runs)
@@ -801,14 +906,16 @@ def run_sweep(source: SweepSpec | str | Path | Mapping[str, Any], *, jobs: int =
                   "values": r.values} for r in runs],
     }))
     _write_index(sweep_dir, runs)
-    runner = _Runner(sweep_dir, runs, jobs=jobs, gpus=_visible_gpus(devices), timeout=timeout,
-                     echo=echo)
+    local = chosen.name == "local"
+    runner = _Runner(sweep_dir, runs, jobs=jobs,
+                     gpus=_visible_gpus(devices) if local else [], timeout=timeout, echo=echo)
     runner.total = len(todo)
     have = sum(state in HAS_RESULT for state in result.states.values())
     kept = sum(state == "failed" for state in result.states.values()) if not retry_failed else 0
     runner.say(f"sweep {spec.name}: {len(runs)} runs, {have} with results already"
                + (f", {kept} failed (not retried)" if kept else "")
-               + f", {len(todo)} to run, {jobs} at a time"
+               + (f", {len(todo)} to run, {jobs} at a time" if local else
+                  f", {len(todo)} to run on executor {chosen.name} ({_describe(options)})")
                + (f" on GPUs {','.join(runner.gpus)}" if runner.gpus else "")
                + f"; directory {sweep_dir}")
     old_term = None
@@ -816,11 +923,13 @@ def run_sweep(source: SweepSpec | str | Path | Mapping[str, Any], *, jobs: int =
     if main_thread:
         old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        runner.loop(deque(todo))
+        if todo:
+            chosen.run(todo, runner, options)
     except KeyboardInterrupt:
         result.interrupted = True
         runner.say(f"sweep {spec.name}: interrupted; stopping {len(runner.running)} running "
-                   f"runs (rerun the same command to continue)")
+                   f"runs (rerun the same command to continue)" if local else
+                   f"sweep {spec.name}: interrupted (rerun the same command to continue)")
         runner.stop()
     finally:
         if main_thread:
@@ -833,6 +942,12 @@ def run_sweep(source: SweepSpec | str | Path | Mapping[str, Any], *, jobs: int =
                    f"orthosparse report {sweep_dir}")
         runner.log.close()
     return result
+
+
+def _describe(options: Any) -> str:
+    """``"cpus=1, gpus=0"``: the options that are set."""
+    items = [(f.name, getattr(options, f.name)) for f in dataclasses.fields(options)]
+    return ", ".join(f"{k}={v}" for k, v in items if v not in (None, {})) or "defaults"
 
 
 def _is_main_thread() -> bool:
