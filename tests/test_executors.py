@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ import torch
 import orthosparse
 from orthosparse.lab.config import config_to_dict
 from orthosparse.lab.executors import (
+    ExecutorName,
     RayOptions,
     SubmititOptions,
     clean_process_state,
@@ -129,7 +131,7 @@ def ray_cluster():
 
 
 def test_the_table_and_its_options():
-    assert list_executors() == ["local", "ray", "submitit"]
+    assert list_executors() == ["local", "ray", "submitit"] == sorted(get_args(ExecutorName))
     assert executor_options("ray", {"cpus": 2, "address": "auto"}) == RayOptions(
         address="auto", cpus=2, gpus=0.0, retries=3)
     assert executor_options("submitit", {"time": 30, "array-parallelism": 8, "gpus": 1.0}) == (

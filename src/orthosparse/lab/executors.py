@@ -429,7 +429,7 @@ def _run_local(runs: Sequence[Any], sweep: SweepContext, options: LocalOptions) 
 
 def _ray() -> Any:
     return import_optional("ray", user="orthosparse sweep --executor ray", package="Ray",
-                           extra="ray", pip_name="'ray[default]'")
+                           extra="ray", pip_name="ray")
 
 
 def ray_task(options: RayOptions) -> Any:
