@@ -487,7 +487,8 @@ def test_plot_singular_values(tmp_path):
     from orthosparse.plotting import plot_singular_values
 
     spectra = {"eoi": torch.ones(50), "kaiming": torch.logspace(-3, 1, 50)}
-    fig = plot_singular_values(spectra, log_x=True, path=tmp_path / "sv.png", title="depth 100")
+    fig = plot_singular_values(spectra, log_x=True, path=tmp_path / "sv.png", title="depth 100",
+                               layout="overlay")
     ax = fig.axes[0]
     assert len(ax.patches) == 2  # one step outline per init
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["eoi", "kaiming"]
