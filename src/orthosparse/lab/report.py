@@ -34,6 +34,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._checks import density_off_target
+from .._figures import (
+    density_ticks,
+    dodge,
+    drop_overlapping_ticklabels,
+    legend_below,
+    new_figure,
+    save_figure,
+    series_style,
+    unique_handles,
+)
 from .config import NOT_HASHED, config_fields, config_from_dict, config_hash
 from .runs import FAILED, HAS_RESULT, RunState, read_history, run_state
 
@@ -405,17 +415,17 @@ def _groups(records: Sequence[RunRecord], fields: Sequence[str]
 
 
 def _panels(n: int, title: str, path: str | Path | None) -> list[tuple[Figure, list, Path | None]]:
-    """Figures of at most ``_MAX_PANELS`` panels each (``name.png``, ``name_2.png``, ...)."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("plots need matplotlib: pip install 'orthosparse[plot]'") from err
+    """Figures of at most ``_MAX_PANELS`` panels each (``name.png``, ``name_2.png``, ...).
+
+    Raises:
+        ImportError: matplotlib is missing or broken (names the ``plot`` extra).
+    """
     pages = []
     for page, start in enumerate(range(0, n, _MAX_PANELS)):
         count = min(_MAX_PANELS, n - start)
         ncols = min(count, 4)
         nrows = -(-count // ncols)
-        fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows + 0.4), layout="constrained")
+        fig = new_figure((4.2 * ncols, 3.2 * nrows + 0.4))
         axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
         for ax in axes[count:]:
             ax.set_visible(False)
@@ -431,27 +441,41 @@ def _panels(n: int, title: str, path: str | Path | None) -> list[tuple[Figure, l
 
 
 def _save(pages: list[tuple[Figure, list, Path | None]]) -> list[Figure]:
+    """Give each page one legend under its panels (every series of every panel, once, dense
+    lines last, in as many columns as fit the page), blank overlapping tick labels, write the
+    page atomically."""
     for fig, axes, target in pages:
-        if axes:
-            handles, labels = axes[0].get_legend_handles_labels()
-            if handles:
-                fig.legend(handles, labels, loc="outside lower center",
-                           ncols=min(len(labels), 4), fontsize="small")
-        if target is not None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(target, dpi=120)
+        handles, labels = unique_handles(axes)
+        order = sorted(range(len(labels)), key=lambda i: labels[i].startswith("dense "))
+        legend_below(fig, [handles[i] for i in order], [labels[i] for i in order])
+        drop_overlapping_ticklabels(fig)
+        save_figure(fig, target, dpi=120)
     return [fig for fig, _, _ in pages]
 
 
-def _colors(records: Sequence[RunRecord], series: Sequence[str]) -> dict[tuple[str, ...], str]:
-    """One colour per series across all panels (matplotlib's cycle ``C0``, ``C1``, ...)."""
-    return {key: f"C{i % 10}" for i, (key, _) in enumerate(_groups(records, series))}
+def _styles(records: Sequence[RunRecord], series: Sequence[str]
+            ) -> dict[tuple[str, ...], dict[str, Any]]:
+    """One style per series across all panels: colour (matplotlib's cycle ``C0``, ``C1``, ...),
+    marker and linestyle (distinct pairs, ``orthosparse._figures.series_style``), and its
+    ``index`` among ``count`` series for :func:`~orthosparse._figures.dodge`."""
+    keys = [key for key, _ in _groups(records, series)]
+    return {key: {"color": f"C{i % 10}", **series_style(i), "index": i, "count": len(keys)}
+            for i, key in enumerate(keys)}
+
+
+def _draw_style(style: dict[str, Any]) -> dict[str, Any]:
+    return {k: style[k] for k in ("color", "marker", "linestyle")}
 
 
 def _integer_epochs(ax: Any) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _markevery(points: int) -> int:
+    """Every how many points a marker goes on a curve: at most about 12 markers."""
+    return max(1, -(-points // 12))
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -463,8 +487,11 @@ def plot_accuracy_vs_density(records: Sequence[RunRecord], path: str | Path | No
     """Plot ``metric`` (mean ± std over seeds) against density, one line per init (method).
 
     One panel per value of the other varying settings and mask method; dense runs
-    (``mask="dense"``) appear as dashed horizontal lines in the panels of their setting.
-    Returns ``[]`` when the density does not vary.
+    (``mask="dense"``) appear as dashed horizontal lines in the panels of their setting. The x
+    axis is logarithmic with the grid's densities as its only ticks. Series never hide one
+    another: each has its own colour, marker and linestyle and is shifted a few points sideways
+    (the same shift in every panel; the data stay at their densities), and the dashes of equal
+    dense lines interleave. Returns ``[]`` when the density does not vary.
     """
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r} must be one of: {', '.join(METRICS)}")
@@ -475,11 +502,12 @@ def plot_accuracy_vs_density(records: Sequence[RunRecord], path: str | Path | No
     sparse = [r for r in scored if r.config.get("mask") != "dense"]
     dense = [r for r in scored if r.config.get("mask") == "dense"]
     groups = _groups(sparse, facets)
-    colors = _colors(scored, series)
+    styles = _styles(scored, series)
     scale = 100.0 if metric.endswith("acc") else 1.0
     pages = _panels(len(groups), f"{metric} vs density", path)
-    flat = [ax for _, axes, _ in pages for ax in axes]
-    for ax, (facet, runs) in zip(flat, groups, strict=True):
+    flat = [(fig, ax) for fig, axes, _ in pages for ax in axes]
+    densities = {float(r.config["density"]) for r in sparse}
+    for (fig, ax), (facet, runs) in zip(flat, groups, strict=True):
         for name, members in _groups(runs, series):
             xs, ys, es = [], [], []
             for density, cell in _groups(members, ["density"]):
@@ -491,19 +519,25 @@ def plot_accuracy_vs_density(records: Sequence[RunRecord], path: str | Path | No
                     ys.append(scale * m)
                     es.append(scale * s)
             if xs:
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=colors[name],
-                            label=_label(series, name, "runs"))
+                style = styles[name]
+                bars = ax.errorbar(xs, ys, yerr=es, capsize=3, label=_label(series, name, "runs"),
+                                   **_draw_style(style))
+                dodge(bars.get_children(), style["index"], style["count"], fig)
         other = [f for f in facets if f != "mask"]
         match = [r for r in dense if _key(r, other) == tuple(
             v for f, v in zip(facets, facet, strict=True) if f != "mask")]
-        for name, members in _groups(match, series):
+        dense_groups = _groups(match, series)
+        for j, (name, members) in enumerate(dense_groups):
             vals = [v for r in members if r.state == "finished"
                     and (v := r.metric(metric)) is not None]
-            if vals:
-                ax.axhline(scale * statistics.fmean(vals), linestyle="--", color=colors[name],
+            if vals:  # m equal dashed lines: dashes 4 on, 4(m-1) off, shifted by 4j: interleaved
+                m = len(dense_groups)
+                dashes = (4.0 * j, (4.0, 4.0 * (m - 1))) if m > 1 else (0.0, (4.0, 3.0))
+                ax.axhline(scale * statistics.fmean(vals), linestyle=dashes,
+                           color=styles[name]["color"],
                            label=f"dense {_label(series, name, '')}".strip())
-        ax.set_xscale("log")
-        ax.set_xlabel("density")
+        density_ticks(ax, densities)
+        ax.set_xlabel("density (series shifted a few points sideways)")
         ax.set_ylabel(metric + (" (%)" if scale == 100.0 else ""))
         ax.set_title(_label(facets, facet), fontsize="small")
         ax.grid(alpha=0.3)
@@ -524,25 +558,31 @@ def _by_epoch(runs: Sequence[RunRecord], get: Any) -> tuple[list[int], list[list
 def plot_loss_curves(records: Sequence[RunRecord], path: str | Path | None = None, *,
                      key: str = "train_loss") -> list[Figure]:
     """Plot ``key`` per epoch (from ``metrics.jsonl``): mean over seeds with a ± std band, one
-    line per init (method), one panel per setting and mask method. ``[]`` without history."""
+    line per init (method), one panel per setting and mask method; each line with its own
+    colour, marker and linestyle, shifted a few points sideways so equal curves stay visible.
+    ``[]`` without history."""
     if not any(r.history for r in records):
         return []
     facets, series = _layout(records)
     with_history = [r for r in records if r.history]
     groups = _groups(with_history, facets)
-    colors = _colors(with_history, series)
+    styles = _styles(with_history, series)
     pages = _panels(len(groups), f"{key} per epoch", path)
-    flat = [ax for _, axes, _ in pages for ax in axes]
-    for ax, (facet, runs) in zip(flat, groups, strict=True):
+    flat = [(fig, ax) for fig, axes, _ in pages for ax in axes]
+    for (fig, ax), (facet, runs) in zip(flat, groups, strict=True):
         for name, members in _groups(runs, series):
             epochs, values = _by_epoch(members, lambda rec: rec.get(key))
             if not epochs:
                 continue
             stats = [_mean_std(v) for v in values]
             mean = [m for m, _ in stats]
-            ax.plot(epochs, mean, color=colors[name], label=_label(series, name, "runs"))
-            ax.fill_between(epochs, [m - s for m, s in stats], [m + s for m, s in stats],
-                            color=colors[name], alpha=0.2, linewidth=0)
+            style = styles[name]
+            (line,) = ax.plot(epochs, mean, label=_label(series, name, "runs"),
+                              markevery=_markevery(len(epochs)), **_draw_style(style))
+            band = ax.fill_between(epochs, [m - s for m, s in stats],
+                                   [m + s for m, s in stats], color=style["color"], alpha=0.2,
+                                   linewidth=0)
+            dodge([line, band], style["index"], style["count"], fig)
         _integer_epochs(ax)
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
@@ -568,11 +608,11 @@ def plot_jacobian(records: Sequence[RunRecord], path: str | Path | None = None) 
     recorded = [r for r in records if _jac(r, "mean") is not None or any(
         isinstance(rec.get("jacobian"), dict) for rec in r.history)]
     groups = _groups(recorded, facets)
-    colors = _colors(recorded, series)
+    styles = _styles(recorded, series)
     pages = _panels(len(groups), "Jacobian singular values" + (
         " per epoch" if per_epoch else " at initialization"), path)
-    flat = [ax for _, axes, _ in pages for ax in axes]
-    for ax, (facet, runs) in zip(flat, groups, strict=True):
+    flat = [(fig, ax) for fig, axes, _ in pages for ax in axes]
+    for (fig, ax), (facet, runs) in zip(flat, groups, strict=True):
         names = _groups(runs, series)
         for i, (name, members) in enumerate(names):
             label = _label(series, name, "runs")
@@ -588,18 +628,26 @@ def plot_jacobian(records: Sequence[RunRecord], path: str | Path | None = None) 
                     stats[s] = (epochs, [statistics.fmean(v) for v in vals])
                 if not stats["mean"][0]:
                     continue
-                ax.plot(*stats["mean"], marker=".", color=colors[name], label=label)
+                style = styles[name]
+                (line,) = ax.plot(*stats["mean"], label=label,
+                                  markevery=_markevery(len(stats["mean"][0])),
+                                  **_draw_style(style))
+                artists = [line]
                 if stats["min"][0] == stats["mean"][0] == stats["max"][0]:
-                    ax.fill_between(stats["mean"][0], stats["min"][1], stats["max"][1],
-                                    color=colors[name], alpha=0.15, linewidth=0)
+                    artists.append(ax.fill_between(
+                        stats["mean"][0], stats["min"][1], stats["max"][1],
+                        color=style["color"], alpha=0.15, linewidth=0))
+                dodge(artists, style["index"], style["count"], fig)
             elif init["mean"]:
                 m, s = statistics.fmean(init["mean"]), statistics.fmean(init["std"] or [0.0])
                 lo = statistics.fmean(init["min"] or [m])
                 hi = statistics.fmean(init["max"] or [m])
-                ax.errorbar([i], [m], yerr=[[m - lo], [hi - m]], fmt="o", capsize=4,
-                            color=colors[name], label=label)
+                ax.errorbar([i], [m], yerr=[[m - lo], [hi - m]], fmt="none", capsize=4,
+                            color=styles[name]["color"])
                 ax.errorbar([i], [m], yerr=[[min(s, m * 0.999)], [s]], fmt="none",
-                            linewidth=5, alpha=0.5, color=colors[name])
+                            linewidth=5, alpha=0.5, color=styles[name]["color"])
+                ax.plot([i], [m], linestyle="none", marker=styles[name]["marker"],
+                        color=styles[name]["color"], label=label)
         if per_epoch:
             _integer_epochs(ax)
             ax.set_xlabel("epoch (0 = init)")
