@@ -6,8 +6,10 @@ layers, data, seeds, mask method and :func:`~orthosparse.sparsify.sparsify` call
 with :func:`~orthosparse.diagnostics.inspect_model`: per-layer density, orthogonality error,
 activation and gradient norm, and the summary of the input-output Jacobian's singular values on
 the first ``examples`` test images (the batch training uses for its ``--jacobian`` records).
-Several inits give one comparison table and one overlaid picture. ``orthosparse inspect`` calls
-:func:`inspect`.
+Several inits give one comparison table, their spectra in one picture (a panel per init, sharing
+the x axis, so none hides another) and their norms versus depth overlaid. A network deeper than 20
+layers prints its first and last 5 layers and the min / median / max of the ones between
+(``inspect.json`` keeps them all). ``orthosparse inspect`` calls :func:`inspect`.
 
 With ``densities`` (``--densities 0.05 0.1 0.5 1``) every init is measured at every density (same
 seed and data batch in every cell) and the Jacobian summary is reported versus density: one table
@@ -35,9 +37,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
+import statistics
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -45,6 +49,7 @@ from typing import Any
 
 import torch
 
+from .._atomic import write_atomic
 from .._checks import check_density, check_positive_int, density_off_target
 from .config import TrainConfig, check_names, config_to_dict
 
@@ -64,6 +69,10 @@ _SINGLE_FILES: tuple[str, ...] = ("singular_values", "signal_propagation")
 _SWEEP_FILES: tuple[str, ...] = ("jacobian_vs_density", "jacobian_vs_density_md",
                                  "jacobian_vs_density_csv")
 _SUMMARY_KEYS: tuple[str, ...] = ("mean", "std", "min", "max", "condition_number")
+# The printed per-layer table of a network deeper than 4 * _LAYERS_SHOWN keeps its first and last
+# _LAYERS_SHOWN layers and sums up the ones between (min / median / max per column);
+# inspect.json keeps every layer.
+_LAYERS_SHOWN = 5
 
 
 def _json_safe(value: Any) -> Any:
@@ -162,6 +171,34 @@ def _entry(report: Any, sv: torch.Tensor) -> dict[str, Any]:
     }
 
 
+def _layer_table(report: Any, shown: int = _LAYERS_SHOWN) -> str:
+    """The per-layer table of an ``InspectReport`` for the terminal, collapsed for deep networks.
+
+    Up to ``4 * shown`` layers, ``str(report)``. Above, the first and last ``shown`` layers, and
+    between them one line naming how many layers were elided and three rows (``min``,
+    ``median``, ``max``) of their density, orthogonality error, activation and gradient norm, in
+    the table's columns: a 1000-layer MLP prints 23 lines instead of 1006.
+    """
+    layers = report.layers
+    if len(layers) <= 4 * shown:
+        return str(report)
+    kept = layers[:shown] + layers[-shown:]
+    lines = str(dataclasses.replace(report, layers=kept)).split("\n")
+    head = 4  # two legend lines, the column heads, the rule
+    middle = layers[shown:-shown]
+    width = max([len("layer"), *(len(layer.name) for layer in kept)])  # as str(report) has it
+    shapes = {"x".join(str(s) for s in layer.shape) for layer in middle}
+    shape = shapes.pop() if len(shapes) == 1 else f"({len(shapes)} shapes)"
+    summary = [f"... {len(middle)} layers elided ({middle[0].name} .. {middle[-1].name}); "
+               f"over them:"]
+    for stat, fn in (("min", min), ("median", statistics.median), ("max", max)):
+        density, orth, act, grad = (fn([getattr(layer, key) for layer in middle]) for key in (
+            "density", "orthogonality_error", "activation_norm", "gradient_norm"))
+        summary.append(f"{'  ' + stat:<{width}}  {shape:<18} {density:>8.4f} {orth:>10.3e} "
+                       f"{act:>10.3e} {grad:>10.3e}")
+    return "\n".join([*lines[:head + shown], *summary, *lines[head + shown:]])
+
+
 def _fmt(value: float) -> str:
     return f"{value:>10.4g}"
 
@@ -183,7 +220,8 @@ def _comparison_table(results: dict[str, dict[str, Any]]) -> str:
 
 def _plot(config: TrainConfig, spectra: dict[str, torch.Tensor], records: dict[str, list],
           out: Path, n: int) -> dict[str, str]:
-    """Write the overlaid spectra and the norms-versus-depth plot; return their paths."""
+    """Write the spectra (a panel per init) and the norms-versus-depth plot; return their
+    paths."""
     from ..plotting import plot_signal_propagation, plot_singular_values
 
     title = (f"{config.model} on {config.dataset}, density {config.density:g} ({config.mask} "
@@ -199,12 +237,15 @@ def _plot(config: TrainConfig, spectra: dict[str, torch.Tensor], records: dict[s
                           stacklevel=3)
     if finite:
         pooled = torch.cat([sv.flatten() for sv in finite.values()])
-        lo, hi = pooled.min().item(), pooled.max().item()
-        # Spectra spread over orders of magnitude (Gaussian inits at depth) need a log axis.
-        log_x = lo > 0 and hi / lo > 10
+        positive = pooled[pooled > 0]
+        # Spectra spread over orders of magnitude (Gaussian inits at depth) need a log axis; a
+        # spectrum that collapsed to 0 is named in its own panel either way.
+        log_x = positive.numel() > 0 and (positive.max() / positive.min()).item() > 10
         path = out / OUTPUT_FILES["singular_values"]
-        plot_singular_values(finite, log_x=log_x, path=path, title=(
-            f"{config.model}, density {config.density:g} ({config.mask}), {n} examples"))
+        with warnings.catch_warnings():  # the panels say which values a log axis cannot show
+            warnings.filterwarnings("ignore", message=r"spectra\[.*values <= 0 cannot be shown")
+            plot_singular_values(finite, log_x=log_x, path=path, title=(
+                f"{config.model}, density {config.density:g} ({config.mask}), {n} examples"))
         files["singular_values"] = str(path)
     path = out / OUTPUT_FILES["signal_propagation"]
     plot_signal_propagation(records, kind="layer", title=title, path=path)
@@ -266,24 +307,27 @@ def _sweep_table(sweep: Mapping[str, Any], heading: str) -> str:
     return "\n".join(lines)
 
 
+def _write_text(path: Path, text: str) -> None:
+    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
 def _write_sweep_csv(sweep: Mapping[str, Any], path: Path) -> None:
     """One row per (init, density): the summary numbers, or empty numbers and the error."""
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["init", "density", "achieved_density", *_SUMMARY_KEYS, "error"])
-        for name in sweep["inits"]:
-            for c in sweep["summary"][name]:
-                achieved = c.get("achieved_density")
-                writer.writerow([name, repr(c["density"]),
-                                 "" if achieved is None else repr(float(achieved)),
-                                 *("" if c[k] is None else repr(float(c[k]))
-                                   for k in _SUMMARY_KEYS), c.get("error") or ""])
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(["init", "density", "achieved_density", *_SUMMARY_KEYS, "error"])
+    for name in sweep["inits"]:
+        for c in sweep["summary"][name]:
+            achieved = c.get("achieved_density")
+            writer.writerow([name, repr(c["density"]),
+                             "" if achieved is None else repr(float(achieved)),
+                             *("" if c[k] is None else repr(float(c[k]))
+                               for k in _SUMMARY_KEYS), c.get("error") or ""])
+    _write_text(path, buf.getvalue())
 
 
 def _write_json(result: dict[str, Any], out_dir: Path) -> None:
-    tmp = out_dir / f".{OUTPUT_FILES['json']}.tmp"
-    tmp.write_text(json.dumps(_json_safe(result), indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / OUTPUT_FILES["json"])
+    _write_text(out_dir / OUTPUT_FILES["json"], json.dumps(_json_safe(result), indent=1) + "\n")
 
 
 def inspect(config: TrainConfig, inits: Sequence[str] | str | None = None, *,
@@ -313,7 +357,7 @@ def inspect(config: TrainConfig, inits: Sequence[str] | str | None = None, *,
             ``inits`` is None.
         inits: init names to compare (:func:`orthosparse.schemes.list_inits`), or one name.
         out: directory for ``inspect.json`` (everything returned) and the pictures: without
-            ``densities``, ``singular_values.png`` (the spectra overlaid) and
+            ``densities``, ``singular_values.png`` (the spectra, a panel per init) and
             ``signal_propagation.png`` (norms versus depth); with ``densities``,
             ``jacobian_vs_density.png``/``.md``/``.csv`` (the summary versus density as a
             picture, a Markdown table, one CSV row per init and density). None writes nothing.
@@ -373,7 +417,7 @@ def inspect(config: TrainConfig, inits: Sequence[str] | str | None = None, *,
         results[name] = _entry(report, sv)
         echo(f"== init {name}: {cfg.model} on {cfg.dataset}, density {cfg.density:g} "
              f"({cfg.mask} mask), seed {cfg.seed}, device {device}")
-        echo(str(report))
+        echo(_layer_table(report))
         echo()
     if len(names) > 1:
         echo(_comparison_table(results))
@@ -446,7 +490,7 @@ def _sweep(config: TrainConfig, names: list[str], densities: list[float], splits
         plot_jacobian_vs_density(sweep, files["jacobian_vs_density"], title=(
             f"{config.model} on {config.dataset}, {config.mask} mask, gain {config.gain:g}, "
             f"{n} examples"))
-        Path(files["jacobian_vs_density_md"]).write_text(table + "\n", encoding="utf-8")
+        _write_text(Path(files["jacobian_vs_density_md"]), table + "\n")
         _write_sweep_csv(sweep, Path(files["jacobian_vs_density_csv"]))
         result["files"] = files
         _write_json(result, out_dir)
