@@ -26,6 +26,7 @@ import contextlib
 import gc
 import math
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._layers import prunable_layers
+from .._optional import import_optional
 from ..sparse import mask_checksum
 from .checkpoint import (
     CheckpointError,
@@ -57,6 +59,7 @@ from .distributed import (
 from .experiment import build_experiment, first_examples
 from .runs import (
     CHECKPOINT,
+    JACOBIAN_KEYS,
     METRIC_KEYS,
     RunConsole,
     RunExistsError,
@@ -90,10 +93,22 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
     "METRIC_KEYS",
+    "TENSORBOARD_TAGS",
 ]
 
 _FORMAT = "orthosparse-checkpoint"
 _VERSION = 1  # the layout of _Run._checkpoint_state; a checkpoint of another version is refused
+
+# The TensorBoard tag of every number of an epoch record (``flat_record``'s keys but ``epoch``,
+# which is the step), grouped by split so TensorBoard shows one section each: train, val, test,
+# jacobian. Accuracies are fractions, as in metrics.jsonl. The one place tags are named.
+TENSORBOARD_TAGS: dict[str, str] = {
+    "train_loss": "train/loss", "train_acc": "train/acc", "lr": "train/lr",
+    "time": "train/epoch_time_s",
+    "val_loss": "val/loss", "val_acc": "val/acc",
+    "test_loss": "test/loss", "test_acc": "test/acc",
+    **{f"jacobian_{k}": f"jacobian/{k}" for k in JACOBIAN_KEYS},
+}
 
 # --------------------------------------------------------------------------- evaluation
 
@@ -293,13 +308,24 @@ class _Run:
         return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
     def _tensorboard(self) -> Any:
+        """A ``SummaryWriter`` into ``<run>/tb``, or None: logging is off, or tensorboard is not
+        installed (silently), or its import fails (a warning naming the error)."""
         if not self.cfg.tensorboard:
             return None
         try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
+            writer = import_optional("torch.utils.tensorboard", "SummaryWriter",
+                                     user="TensorBoard logging (tensorboard=true)",
+                                     package="tensorboard", extra="tensorboard",
+                                     pip_name="tensorboard",
+                                     alternative="; or set tensorboard=false")
+        except ImportError as err:
+            cause = err.__cause__
+            if not (isinstance(cause, ModuleNotFoundError)
+                    and (cause.name or "").split(".")[0] == "tensorboard"):
+                warnings.warn(f"{err}; training goes on without TensorBoard logs",
+                              stacklevel=2)
             return None
-        return SummaryWriter(str(self.run_dir / "tb"))
+        return writer(str(self.run_dir / "tb"))
 
     def _jacobian(self) -> dict[str, Any] | None:
         """Jacobian singular-value summary of the (unwrapped) model; rank 0 only."""
@@ -553,9 +579,10 @@ class _Run:
         self._save(generator_state(self.loader_gen))
         self.console.line(format_record(record, self.cfg.epochs))
         if self.tb is not None:
-            for key, value in flat_record(record).items():
-                if key != "epoch" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, record["epoch"])
+            row = flat_record(record)
+            for key, tag in TENSORBOARD_TAGS.items():
+                if isinstance(row.get(key), (int, float)):
+                    self.tb.add_scalar(tag, row[key], record["epoch"])
             self.tb.flush()
 
     def _finish(self, status: Status, message: str) -> RunResult:
