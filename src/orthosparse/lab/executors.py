@@ -205,12 +205,14 @@ def _check_value(name: str, key: str, value: Any, hint: Any) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{where} must be a number")
+    zero_ok = key in ("gpus", "retries")
     if text.startswith("int"):
-        if value != int(value) or value < 1 and key not in ("gpus", "retries"):
-            raise ValueError(f"{where} must be a positive integer")
+        if value != int(value) or value < (0 if zero_ok else 1):
+            allowed = "a whole number >= 0" if zero_ok else "a positive integer"
+            raise ValueError(f"{where} must be {allowed}")
         value = int(value)
-    if value < 0 or (value == 0 and key not in ("gpus", "retries")):
-        raise ValueError(f"{where} must be {'>= 0' if key in ('gpus', 'retries') else '> 0'}")
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"{where} must be {'>= 0' if zero_ok else '> 0'}")
     return value
 
 
@@ -433,13 +435,20 @@ def _ray() -> Any:
 
 
 def ray_task(options: RayOptions) -> Any:
-    """:func:`run_one` as a Ray remote function with ``options``' resources and retries."""
+    """:func:`run_one` as a Ray remote function with ``options``' resources and retries.
+
+    Ray reuses a worker process for CPU tasks (warm workers); a task with GPUs gets a fresh
+    worker each time (Ray's default for GPU tasks, ray-project/ray#29624), so that every run's
+    CUDA context sees only the GPUs Ray gave it.
+    """
     ray = _ray()
-    return ray.remote(run_one).options(num_cpus=options.cpus, num_gpus=options.gpus,
-                                       max_retries=options.retries, retry_exceptions=False)
+    return ray.remote(num_cpus=options.cpus, num_gpus=options.gpus,
+                      max_retries=options.retries, retry_exceptions=False)(run_one)
 
 
 def _run_ray(runs: Sequence[Any], sweep: SweepContext, options: RayOptions) -> None:
+    from .config import config_to_dict
+
     ray = _ray()
     started_here = not ray.is_initialized()
     if started_here:
@@ -447,8 +456,6 @@ def _run_ray(runs: Sequence[Any], sweep: SweepContext, options: RayOptions) -> N
     try:
         task = ray_task(options)
         pending: dict[Any, Any] = {}
-        from .config import config_to_dict
-
         for run in runs:
             ref = task.remote(str(Path(run.run_dir).absolute()), config_to_dict(run.config),
                               threads=_threads(options.cpus))
@@ -458,7 +465,7 @@ def _run_ray(runs: Sequence[Any], sweep: SweepContext, options: RayOptions) -> N
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in done:
-                    sweep.ended(pending.pop(ref), _ray_outcome(ray, ref, pending))
+                    sweep.ended(pending.pop(ref), _ray_outcome(ray, ref))
         except KeyboardInterrupt:
             _stop_ray(ray, pending, sweep)
             raise
@@ -467,7 +474,7 @@ def _run_ray(runs: Sequence[Any], sweep: SweepContext, options: RayOptions) -> N
             ray.shutdown()
 
 
-def _ray_outcome(ray: Any, ref: Any, pending: Any) -> RunOutcome:
+def _ray_outcome(ray: Any, ref: Any) -> RunOutcome:
     try:
         return ray.get(ref)
     except ray.exceptions.TaskCancelledError:
