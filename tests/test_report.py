@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from orthosparse.lab.cli import main
@@ -29,8 +30,10 @@ JAC = {"eoi": {"mean": 1.0, "std": 0.01, "min": 0.99, "max": 1.01},
 
 
 def make_run(root: Path, init: str, density: float, seed: int, state: str = "finished",
-             acc: float | None = None, achieved: float | None = None) -> Path:
-    cfg = TrainConfig(init=init, density=density, seed=seed, out=str(root / "runs"), name="r")
+             acc: float | None = None, achieved: float | None = None,
+             mask: str = "erk") -> Path:
+    cfg = TrainConfig(init=init, density=density, seed=seed, mask=mask, out=str(root / "runs"),
+                      name="r")
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg)))
@@ -209,3 +212,120 @@ def test_cells_off_their_density_are_flagged_and_never_bold(tmp_path):
     assert table.best(col) == pytest.approx(0.91)
     md = report(tmp_path, plots=False).markdown
     assert "(density x): the runs' achieved mask density" in md
+
+
+# --------------------------------------------------------------------------- readable plots
+
+# test accuracy per (mask, init, density), two seeds: orthogonal and kaiming stuck at chance
+# (equal series), dense orthogonal and dense kaiming equal too, as in a 2-epoch digits sweep.
+STUCK = {("erk", "eoi", 0.05): [0.72, 0.74], ("erk", "eoi", 0.1): [0.83, 0.85],
+         ("erk", "orthogonal", 0.05): [0.10, 0.08], ("erk", "orthogonal", 0.1): [0.10, 0.08],
+         ("erk", "ai", 0.05): [0.60, 0.64], ("erk", "ai", 0.1): [0.81, 0.83],
+         ("erk", "kaiming", 0.05): [0.10, 0.08], ("erk", "kaiming", 0.1): [0.10, 0.08],
+         ("dense", "orthogonal", 1.0): [0.95, 0.95], ("dense", "kaiming", 1.0): [0.95, 0.95]}
+
+
+@pytest.fixture
+def stuck_grid(tmp_path) -> Path:
+    for (mask, init, density), accs in STUCK.items():
+        for seed, acc in enumerate(accs):
+            make_run(tmp_path, init, density, seed, acc=acc, mask=mask)
+    return tmp_path
+
+
+def drawn(fig):
+    """Lay ``fig`` out on an Agg canvas (text extents measurable) and return it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    fig.draw_without_rendering()
+    return fig
+
+
+def inside(box, outer) -> bool:
+    return (box.x0 >= outer.x0 - 0.5 and box.x1 <= outer.x1 + 0.5 and box.y0 >= outer.y0 - 0.5
+            and box.y1 <= outer.y1 + 0.5)
+
+
+def overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def shown_xticklabels(fig, ax):
+    renderer = fig.canvas.get_renderer()
+    return [(t.get_text(), t.get_window_extent(renderer))
+            for t in [*ax.get_xticklabels(), *ax.get_xticklabels(minor=True)]
+            if t.get_visible() and t.get_text()]
+
+
+def pixels_of(fig, ax, color, y, tol=30) -> int:
+    """How many pixels of ``ax`` within 6 pixels of the height of data value ``y`` are drawn in
+    ``color`` (each channel within ``tol``): the part of a curve at ``y`` that shows."""
+    from matplotlib.colors import to_rgb
+
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())[:, :, :3].astype(int)  # (h, w, 3), top row first
+    box = ax.get_window_extent()
+    row = img.shape[0] - ax.transData.transform((1.0, y))[1]
+    part = img[int(row) - 6:int(row) + 7, int(box.x0) + 2:int(box.x1) - 2]
+    want = np.array([round(255 * c) for c in to_rgb(color)])
+    return int((np.abs(part - want).max(axis=2) <= tol).sum())
+
+
+def test_accuracy_plot_legend_fits_ticks_are_the_densities_and_equal_series_show(stuck_grid):
+    (fig,) = plot_accuracy_vs_density(collect_runs(stuck_grid), stuck_grid / "acc.png")
+    assert (stuck_grid / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    drawn(fig)
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    (legend,) = fig.legends  # one legend for the page, inside the figure
+    assert inside(legend.get_window_extent(fig.canvas.get_renderer()), fig.bbox)
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert sorted(labels[:4]) == ["init=ai", "init=eoi", "init=kaiming", "init=orthogonal"]
+    assert sorted(labels[4:]) == ["dense init=kaiming", "dense init=orthogonal"]
+    # the grid's densities are the only tick labels, and none overlaps another
+    ticks = shown_xticklabels(fig, ax)
+    assert [text for text, _ in ticks] == ["0.05", "0.1"]
+    assert not any(overlap(a, b) for i, (_, a) in enumerate(ticks) for _, b in ticks[i + 1:])
+    # every series its own (marker, linestyle); data exact, drawing shifted sideways
+    series = {c.get_label(): c.lines[0] for c in ax.containers}
+    styles = {(line.get_marker(), line.get_linestyle()) for line in series.values()}
+    assert len(series) == 4 and len(styles) == 4
+    orth, kaim = series["init=orthogonal"], series["init=kaiming"]
+    for line in (orth, kaim):
+        assert list(line.get_xdata()) == [0.05, 0.1]
+        assert list(line.get_ydata()) == pytest.approx([9.0, 9.0], abs=1e-9)
+    xy = np.column_stack([orth.get_xdata(), orth.get_ydata()]).astype(float)
+    gap = orth.get_transform().transform(xy)[:, 0] - kaim.get_transform().transform(xy)[:, 0]
+    assert np.abs(gap).min() >= 5 / 72 * fig.dpi - 1e-6  # at least 5 points apart
+    # both equal curves and both equal dense lines are visible in the drawing
+    dense = [line for line in ax.lines if line.get_label().startswith("dense")]
+    assert len(dense) == 2 and dense[0].get_ydata()[0] == dense[1].get_ydata()[0]
+    for line in [orth, kaim, *dense]:
+        y = float(line.get_ydata()[0])
+        assert pixels_of(fig, ax, line.get_color(), y) > 30, line.get_label()
+
+
+def test_tick_labels_that_would_overlap_are_left_blank(tmp_path):
+    for density, acc in ((0.1, 0.5), (0.102, 0.6), (0.5, 0.7)):
+        make_run(tmp_path, "eoi", density, 0, acc=acc)
+    fig = drawn(*plot_accuracy_vs_density(collect_runs(tmp_path)))
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "", "0.5"]
+    assert list(ax.get_xticks()) == [0.1, 0.102, 0.5]
+
+
+def test_loss_curves_legend_names_series_of_every_panel(tmp_path):
+    make_run(tmp_path, "eoi", 0.05, 0, acc=0.5)
+    make_run(tmp_path, "eoi", 0.1, 0, acc=0.6)
+    make_run(tmp_path, "sao", 0.1, 0, acc=0.6)  # only in the second panel
+    fig = drawn(*plot_loss_curves(collect_runs(tmp_path)))
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["init=eoi", "init=sao"]
+    eoi, sao = (next(ln for ln in fig.axes[1].lines if ln.get_label() == name)
+                for name in ("init=eoi", "init=sao"))
+    assert list(eoi.get_ydata()) == list(sao.get_ydata())  # equal curves, both drawn
+    assert (eoi.get_marker(), eoi.get_linestyle()) != (sao.get_marker(), sao.get_linestyle())
+    for line in (eoi, sao):
+        y = float(line.get_ydata()[0])
+        assert pixels_of(fig, fig.axes[1], line.get_color(), y) > 30, line.get_label()

@@ -408,3 +408,64 @@ def test_device_cuda_without_cuda_is_a_clear_error(tmp_path):
         pytest.skip("CUDA is available here")
     with pytest.raises(ValueError, match=r"device='cuda' but CUDA is not available"):
         train(tiny(tmp_path, device="cuda"))
+
+
+# --------------------------------------------------------------------------- tensorboard
+
+TB_EXPECTED = {"train/loss", "train/acc", "train/lr", "train/epoch_time_s", "val/loss", "val/acc",
+               "test/loss", "test/acc", "jacobian/mean", "jacobian/std", "jacobian/min",
+               "jacobian/max", "jacobian/condition_number"}
+
+
+def test_tensorboard_tags_cover_every_logged_number_grouped_by_split():
+    from orthosparse.lab.runs import JACOBIAN_KEYS, METRIC_KEYS
+
+    tags = train_module.TENSORBOARD_TAGS
+    assert set(tags) == set(METRIC_KEYS[1:]) | {f"jacobian_{k}" for k in JACOBIAN_KEYS}
+    assert set(tags.values()) == TB_EXPECTED
+    assert all(tag.split("/")[0] in ("train", "val", "test", "jacobian") for tag in tags.values())
+
+
+def test_tensorboard_events_carry_the_grouped_tags_per_epoch(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(tiny(tmp_path, tensorboard=True, jacobian="epoch", jacobian_examples=4))
+    events = EventAccumulator(str(result.run_dir / "tb"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == TB_EXPECTED
+    loss = events.Scalars("train/loss")
+    assert [e.step for e in loss] == [1, 2]
+    assert [e.value for e in loss] == pytest.approx([r["train_loss"] for r in result.history],
+                                                   rel=1e-6)
+    assert [e.value for e in events.Scalars("val/acc")] == pytest.approx(
+        [r["val_acc"] for r in result.history], rel=1e-6)
+    assert [e.value for e in events.Scalars("jacobian/mean")] == pytest.approx(
+        [r["jacobian"]["mean"] for r in result.history], rel=1e-6)
+
+
+def test_tensorboard_missing_is_silent_and_broken_is_a_warning(tmp_path, monkeypatch):
+    import sys
+    import types
+    import warnings
+
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # not installed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=r".*dead channels")
+        result = train(tiny(tmp_path / "missing", tensorboard=True))
+    assert result.final["status"] == "finished" and not (result.run_dir / "tb").exists()
+
+    class Broken(types.ModuleType):
+        def __getattr__(self, name):
+            raise RuntimeError("tensorboard ABI mismatch")
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", Broken("torch.utils.tensorboard"))
+    with pytest.warns(UserWarning, match=r"TensorBoard logging \(tensorboard=true\) needs "
+                                         r"tensorboard, which failed to import \(RuntimeError: "
+                                         r"tensorboard ABI mismatch\).*pip install "
+                                         r"'orthosparse\[tensorboard\]'.*training goes on "
+                                         r"without TensorBoard logs"):
+        result = train(tiny(tmp_path / "broken", tensorboard=True))
+    assert result.final["status"] == "finished" and not (result.run_dir / "tb").exists()
