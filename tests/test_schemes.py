@@ -11,6 +11,7 @@ from torch import nn
 
 from orthosparse._layers import prunable_layers
 from orthosparse.schemes import get_scheme, init_layers, list_inits, register_scheme
+from orthosparse.sparsify import sparsify
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -55,7 +56,7 @@ def test_registry_lists_all_schemes_and_rejects_unknown():
                                          r"ai, conv-orthogonal, eoi, kaiming"):
         init_layers("eo", make_mlp(), None)
     assert get_scheme("eoi").own_masks and not get_scheme("kaiming").own_masks
-    assert get_scheme("eoi").options == ["center_density", "nm", "grouped"]
+    assert get_scheme("eoi").options == ["center_density", "nm", "grouped", "structure"]
     assert get_scheme("orthogonal").options == ["conv", "grouped"]
     assert get_scheme("conv-orthogonal").options == ["grouped"]
     assert get_scheme("ai").options == ["iterations", "lr", "start", "conv"]
@@ -476,3 +477,47 @@ def test_no_dead_channel_warning_for_dense_or_ordinary_layers(scheme):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         init_layers(scheme, model, masks, generator=gen(), **options)
+
+
+def test_eoi_structure_kernels_keeps_whole_kernels_of_the_centre_matrix():
+    # The official EIS variant (docs/protocol.md): the mask is every tap of each kernel (o, i)
+    # whose centre entry H[o, i] is nonzero; H is exactly orthogonal at the layer's density.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.Tanh(), nn.Conv2d(16, 32, 3),
+                        nn.Flatten(), nn.Linear(32, 10))
+    masks = sparsify(net, 0.25, mask="uniform", init="eoi", structure="kernels",
+                     generator=torch.Generator().manual_seed(3))
+    for i in (0, 2):
+        w, m = net[i].weight, masks[f"{i}.weight"]
+        centre = w[:, :, 1, 1]                                             # (c_out, c_in)
+        assert torch.equal(m, (centre != 0)[:, :, None, None].expand_as(m))
+        # H at the layer's density (EOI stops at the first rotation that reaches it)
+        assert round(0.25 * centre.numel()) <= int(m[:, :, 0, 0].sum()) < 0.3 * centre.numel()
+        gram = centre @ centre.T if centre.shape[0] <= centre.shape[1] else centre.T @ centre
+        torch.testing.assert_close(gram, torch.eye(min(centre.shape)), atol=1e-6, rtol=0)
+        assert torch.count_nonzero(w[:, :, 0, 0]) == 0                     # delta kernel
+    # Linear layers keep EOI's own mask.
+    assert torch.equal(masks["4.weight"], net[4].weight != 0)
+    with pytest.raises(ValueError, match=r"center_density='more' must be None or 'same'"):
+        sparsify(net, 0.25, mask="uniform", init="eoi", structure="kernels",
+                 center_density="more")
+    with pytest.raises(ValueError, match=r"structure='kernel'"):
+        sparsify(net, 0.25, mask="uniform", init="eoi", structure="kernel")
+
+
+def test_options_only_the_scoring_scheme_takes_reach_it():
+    # The EfficientNet preset's grouped="paper" must reach the conv-orthogonal scoring draw under
+    # init="ai" or "none", which do not take it (docs/protocol.md, section 2).
+    from orthosparse.init import conv_orthogonal_
+
+    def scored(**options):
+        net = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4))
+        sparsify(net, 1.0, mask="dense", init="none", score_weights="conv-orthogonal",
+                 generator=gen(5), **options)
+        return net[0].weight.detach()
+
+    expected = conv_orthogonal_(torch.empty(4, 1, 3, 3), generator=gen(5), groups=1)
+    torch.testing.assert_close(scored(grouped="paper"), expected, atol=0, rtol=0)
+    assert not torch.equal(scored(), expected)  # default: one exact block per group
+    with pytest.raises(TypeError, match="unknown option 'groupd'"):
+        scored(groupd="paper")

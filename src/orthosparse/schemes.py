@@ -74,9 +74,12 @@ SchemeFn = Callable[..., Mapping[str, Tensor]]
 _COMMON = ("gain", "generator")
 Grouped = Literal["blocks", "paper"]
 GROUPED: tuple[str, ...] = ("blocks", "paper")
+Structure = Literal["elements", "kernels"]
+STRUCTURES: tuple[str, ...] = ("elements", "kernels")
 # Options whose value is one of a few names, checked before any work: (scheme, option) -> names.
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("eoi", "grouped"): GROUPED,
+    ("eoi", "structure"): STRUCTURES,
     ("orthogonal", "grouped"): GROUPED,
     ("orthogonal", "conv"): CONV_RULES,
     ("conv-orthogonal", "grouped"): GROUPED,
@@ -212,8 +215,8 @@ def _names(layers: Sequence[PrunableLayer]) -> str:
 def _eoi(layers: list[PrunableLayer], masks: Mapping[str, Tensor] | None,
          densities: Mapping[str, float], *, gain: float, generator: torch.Generator | None,
          center_density: float | str | None = None, nm: tuple[int, int] | str | None = None,
-         grouped: Grouped = "blocks"
-         ) -> dict[str, Tensor]:
+         grouped: Grouped = "blocks",
+         structure: Structure = "elements") -> dict[str, Tensor]:
     """Exact Orthogonal Initialization: the rotations choose the positions.
 
     `Sparser, Better, Deeper, Stronger: Improving Static Sparse Training with Exact Orthogonal
@@ -224,7 +227,16 @@ def _eoi(layers: list[PrunableLayer], masks: Mapping[str, Tensor] | None,
     paper's one matrix (``grouped="paper"``). ``nm=(N, M)`` (or ``"N,M"``): N:M structured EOI
     (``eoi_group_(..., nm=)``, docs/nm.md §7, §9); ``sparsify(mask="nm")`` passes its ``nm``
     here too.
+
+    ``structure="kernels"``: a conv keeps whole kernels, every tap of ``(o, i)`` where the centre
+    matrix ``H`` is nonzero (``H`` at the layer's density), the official code's structured
+    variant (``EIS``, ``StrcuturedSparseOrthogonalPreprocesser``; docs/protocol.md); Linear
+    weights are unchanged. ``"elements"`` (default): the mask is EOI's own.
     """
+    if structure == "kernels" and center_density not in (None, "same"):
+        raise ValueError(f"structure='kernels' keeps the kernels of the centre matrix, whose "
+                         f"density is the layer's: center_density={center_density!r} must be "
+                         f"None or 'same'")
     layer_nm = _eoi_nm(layers, densities, nm)
     groups: dict[tuple, list[PrunableLayer]] = {}
     for layer in layers:
@@ -243,6 +255,13 @@ def _eoi(layers: list[PrunableLayer], masks: Mapping[str, Tensor] | None,
             warnings.warn(f"layer {_names(group)}: {warning.message}", warning.category,
                           stacklevel=3)
         out.update(zip([layer.name for layer in group], got, strict=True))
+    if structure == "kernels":
+        for layer in layers:
+            w = layer.weight
+            if w.dim() > 2:  # (c_out, c_in/groups, *kernel): whole kernels where H != 0
+                centre = w[(slice(None), slice(None), *(k // 2 for k in w.shape[2:]))]
+                out[layer.name] = (centre != 0).reshape(*centre.shape, *[1] * (w.dim() - 2)
+                                                        ).expand(w.shape).clone()
     return {layer.name: out[layer.name] for layer in layers}
 
 

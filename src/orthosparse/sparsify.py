@@ -136,7 +136,8 @@ def sparsify(
             own, as given (a pretrained or custom-initialized model is scored as it is).
             ``"orthogonal"``, ``"conv-orthogonal"`` or ``"kaiming"``: first re-initialize every
             sparsified layer densely with that init scheme (``gain``, ``bias_std``, this
-            ``generator``, and the init options it shares, e.g. ``grouped``), as the official
+            ``generator``, the init options it shares, e.g. ``grouped``, and options only it
+            takes), as the official
             code scores SNIP/GraSP/SynFlow on its dense orthogonal model
             (``conv-orthogonal``: ``conv_orthogonal`` for convs; docs/protocol.md). When
             ``init`` is that same scheme, the scored weights are kept (masked) instead of drawn
@@ -168,6 +169,15 @@ def sparsify(
     density = check_method_density(method, density)
     generator = check_generator(generator)
     scheme = get_scheme(init)
+    if not isinstance(score_weights, str) or score_weights not in SCORE_WEIGHTS:
+        raise ValueError(f"score_weights={score_weights!r} must be one of: "
+                         f"{', '.join(map(repr, SCORE_WEIGHTS))}")
+    score = None if score_weights == "current" else get_scheme(score_weights)
+    # Options of the scoring scheme that neither the mask method nor the init takes go to the
+    # scoring scheme alone (e.g. grouped="paper" for conv-orthogonal scores under init="ai").
+    score_only = {} if score is None else {
+        k: options.pop(k) for k in list(options)
+        if k in score.options and k not in method.options and k not in scheme.options}
     to_mask, to_init = _route(options, mask, method.options, init, scheme.options)
     if scheme.own_masks and method.positions is not None:  # structured masks (nm)
         lost = [k for k in _SHARED_OPTIONS if k in method.options and k not in scheme.options]
@@ -177,12 +187,8 @@ def sparsify(
                              f"init 'eoi' or a scheme that keeps masks")
     check_gain(gain)  # the one gain rule of every entry point (orthosparse._checks)
     gain, bias_std = check_scheme_arguments(scheme, gain, bias_std, to_init)
-    if not isinstance(score_weights, str) or score_weights not in SCORE_WEIGHTS:
-        raise ValueError(f"score_weights={score_weights!r} must be one of: "
-                         f"{', '.join(map(repr, SCORE_WEIGHTS))}")
-    score = None if score_weights == "current" else get_scheme(score_weights)
-    score_opts = {} if score is None else {k: v for k, v in to_init.items()
-                                           if k in score.options}
+    score_opts = {} if score is None else {
+        **{k: v for k, v in to_init.items() if k in score.options}, **score_only}
     if score is not None:
         check_scheme_arguments(score, gain, bias_std, score_opts)
     if loss_fn is not None and not callable(loss_fn):
