@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import re
+import statistics
 import warnings
 
 import numpy as np
@@ -516,3 +517,113 @@ def test_sweep_flags_cells_whose_achieved_density_differs(cli, capsys, tmp_path)
     sao_row = next(line for line in out.splitlines() if line.startswith("| sao"))
     eoi_row = next(line for line in out.splitlines() if line.startswith("| eoi"))
     assert re.search(r"\(density 0\.3\d*\)", sao_row) and "(density" not in eoi_row
+
+
+# --------------------------------------------------------------------------- readable output
+
+
+def test_a_deep_mlp_prints_its_first_and_last_layers_and_sums_up_the_rest(capsys):
+    cfg = resolve_config("digits", overrides={"depth": 200, "width": 8, "device": "cpu"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dead-channel warnings of the narrow layers
+        result = inspect(cfg, ["eoi", "orthogonal", "kaiming"], examples=4)
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) < 100  # 3,000 lines before
+    names = [f"hidden.{2 * i}.weight" for i in range(199)] + ["head.weight"]
+    for init in ("eoi", "orthogonal", "kaiming"):
+        layers = result["results"][init]["layers"]
+        assert [layer["name"] for layer in layers] == names  # inspect.json keeps them all
+        middle = layers[5:-5]
+        for stat, fn in (("min", min), ("median", statistics.median), ("max", max)):
+            d, o, a, g = (fn([layer[k] for layer in middle]) for k in (
+                "density", "orthogonality_error", "activation_norm", "gradient_norm"))
+            row = (f"  {stat:<{len('hidden.396.weight') - 2}}  {'8x8':<18} {d:>8.4f} {o:>10.3e} "
+                   f"{a:>10.3e} {g:>10.3e}")
+            assert row in out.splitlines(), row
+    table = out.split("== init eoi")[1].split("== init orthogonal")[0].splitlines()
+    shown = [line.split()[0] for line in table if line.startswith(("hidden.", "head."))]
+    assert shown == names[:5] + names[-5:]
+    assert out.count("... 190 layers elided (hidden.10.weight .. hidden.388.weight); over "
+                     "them:") == 3
+
+
+def test_singular_value_panels_show_every_init_and_name_an_all_zero_spectrum(tmp_path):
+    from orthosparse.plotting import plot_singular_values
+
+    spectra = {"eoi": torch.linspace(0.03, 0.14, 320), "orthogonal": torch.zeros(320),
+               "kaiming": torch.zeros(320)}  # a 100-layer MLP at density 0.05
+    fig = plot_singular_values(spectra, path=tmp_path / "sv.png")
+    assert (tmp_path / "sv.png").read_bytes()[:8] == PNG_MAGIC
+    drawn(fig)
+    renderer = fig.canvas.get_renderer()
+    assert len(fig.axes) == 3  # one panel per init, one x axis
+    assert fig.axes[0].get_shared_x_axes().joined(fig.axes[0], fig.axes[2])
+    for ax, (name, values) in zip(fig.axes, spectra.items(), strict=True):
+        (hist,) = ax.patches
+        box = hist.get_window_extent(renderer)
+        assert box.width > 1 and box.height > 1, name  # drawn, not hidden behind another
+        assert inside(box, ax.bbox), name
+        texts = [t.get_text() for t in ax.texts]
+        assert texts[0] == name
+        assert ("all 320 singular values are 0" in texts) == bool((values == 0).all())
+        if (values == 0).all():  # every value in the first bin: a bar of height 1 (fraction)
+            assert hist.get_path().vertices[:, 1].max() == pytest.approx(1.0)
+    with pytest.warns(UserWarning, match=r"spectra\['orthogonal'\]: 320 of 320 values <= 0"):
+        fig = plot_singular_values({"eoi": torch.logspace(-3, 0, 50), "orthogonal":
+                                    torch.zeros(320)}, log_x=True)
+    assert fig.axes[1].get_xscale() == "log"
+    assert "all 320 singular values are 0 (not shown on a log axis)" in [
+        t.get_text() for t in fig.axes[1].texts]
+    with pytest.raises(ValueError, match=r"layout='grid' must be one of 'panels', 'overlay'"):
+        plot_singular_values(spectra, layout="grid")
+
+
+def drawn(fig):
+    """Lay ``fig`` out on an Agg canvas (text extents measurable) and return it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    fig.draw_without_rendering()
+    return fig
+
+
+def inside(box, outer) -> bool:
+    return (box.x0 >= outer.x0 - 0.5 and box.x1 <= outer.x1 + 0.5 and box.y0 >= outer.y0 - 0.5
+            and box.y1 <= outer.y1 + 0.5)
+
+
+def test_jacobian_vs_density_marks_dense_fallback_cells_and_keeps_equal_inits_apart(tmp_path):
+    cell = {"std": 0.06, "min": 0.18, "max": 0.46}
+    sweep = {"densities": [0.03, 0.0625, 0.25], "inits": ["eoi", "sao"], "summary": {
+        "eoi": [{"density": d, "mean": 0.3, "achieved_density": d, **cell}
+                for d in (0.03, 0.0625, 0.25)],
+        "sao": [{"density": 0.03, "mean": 0.3, "achieved_density": 1.0, **cell},  # fell back
+                {"density": 0.0625, "mean": 0.3, "achieved_density": 0.0625, **cell},
+                {"density": 0.25, "mean": 0.3, "achieved_density": 0.345, **cell}]}}
+    fig = plot_jacobian_vs_density(sweep, tmp_path / "j.png")
+    assert (tmp_path / "j.png").read_bytes()[:8] == PNG_MAGIC
+    drawn(fig)
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    eoi, sao, hollow = lines["eoi"], lines["sao"], lines["_sao fell back"]
+    assert (eoi.get_marker(), eoi.get_linestyle()) != (sao.get_marker(), sao.get_linestyle())
+    assert list(sao.get_markevery()) == [1]  # filled marker only where the density was reached
+    np.testing.assert_array_equal(hollow.get_xdata(), [0.03, 0.25])
+    assert hollow.get_marker() == sao.get_marker() and hollow.get_markerfacecolor() == "white"
+    assert sorted(t.get_text() for t in ax.texts) == ["d=0.34", "d=1"]
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "eoi", "sao", "isometry", "fell back to dense: layers left dense, d = achieved density"]
+    assert inside(legend.get_window_extent(renderer), fig.bbox)
+    # equal means: drawn at least 5 points apart; data at their densities
+    xy = np.column_stack([eoi.get_xdata(), eoi.get_ydata()])
+    np.testing.assert_array_equal(xy[:, 0], sao.get_xdata())
+    gap = sao.get_transform().transform(xy)[:, 0] - eoi.get_transform().transform(xy)[:, 0]
+    assert gap.min() >= 5 / 72 * fig.dpi - 1e-6
+    labels = [(t.get_text(), t.get_window_extent(renderer))
+              for t in [*ax.get_xticklabels(), *ax.get_xticklabels(minor=True)] if t.get_text()]
+    assert [text for text, _ in labels] == ["0.03", "0.0625", "0.25"]
+    assert not any(a.x0 < b.x1 and b.x0 < a.x1 for i, (_, a) in enumerate(labels)
+                   for _, b in labels[i + 1:])
