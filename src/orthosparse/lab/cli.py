@@ -440,8 +440,8 @@ def _sweep_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--array-parallelism", type=int, metavar="N",
                        help="submitit: jobs running at once [array_parallelism]")
     group.add_argument("--runs-per-job", type=int, metavar="N",
-                       help="submitit: runs trained one after the other in one job "
-                            "[runs_per_job; default 1]")
+                       help="submitit: at most N runs per job, trained one after the "
+                            "other in one process [runs_per_job; default 1]")
     group.add_argument("--cluster", choices=["slurm", "local", "debug"],
                        help="submitit: where jobs go [cluster; default: slurm when sbatch is "
                             "found, else local processes]")

@@ -125,8 +125,9 @@ class SubmititOptions:
     mem_gb: float | None = _opt(None, "memory per job in GB")
     array_parallelism: int | None = _opt(None, "jobs running at once (SLURM array throttle; "
                                                "local: CPUs // cpus by default)")
-    runs_per_job: int = _opt(1, "runs trained one after the other in one job (one warm "
-                                "process): fewer, longer jobs for short runs")
+    runs_per_job: int = _opt(1, "at most this many runs per job, trained one after the "
+                                "other in one warm process (jobs filled evenly): fewer, "
+                                "longer jobs for short runs")
     folder: str | None = _opt(None, "submitit's folder for job logs and pickles; default "
                                     "<sweep dir>/submitit")
     sbatch: dict[str, Any] = _opt({}, "more sbatch options, e.g. {account = 'x', qos = 'y'} "
@@ -546,14 +547,15 @@ def _run_submitit(runs: Sequence[Any], sweep: SweepContext, options: SubmititOpt
         params["slurm_additional_parameters"] = dict(options.sbatch)
     executor.update_parameters(**params)
     work = [(str(Path(r.run_dir).absolute()), config_to_dict(r.config)) for r in runs]
-    size = options.runs_per_job
-    chunks = [(runs[i:i + size], work[i:i + size]) for i in range(0, len(runs), size)]
+    n_jobs = -(-len(runs) // options.runs_per_job)  # as few jobs as allowed, evenly filled
+    bounds = [len(runs) * i // n_jobs for i in range(n_jobs + 1)]
+    chunks = [(runs[a:b], work[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
     slurm = executor.cluster == "slurm"
     at_once = len(chunks) if slurm else (options.array_parallelism or max(
         1, (os.cpu_count() or 1) // options.cpus))  # SLURM throttles its arrays itself
     job = SlurmRuns(options.cpus)
-    sweep.say(f"submitit ({executor.cluster}): {len(chunks)} jobs of up to {size} runs, "
-              f"logs in {folder}")
+    sweep.say(f"submitit ({executor.cluster}): {len(runs)} runs in {n_jobs} jobs, logs in "
+              f"{folder}")
     queue = list(chunks)
     pending: dict[Any, Any] = {}
     try:
