@@ -521,3 +521,12 @@ def test_options_only_the_scoring_scheme_takes_reach_it():
     assert not torch.equal(scored(), expected)  # default: one exact block per group
     with pytest.raises(TypeError, match="unknown option 'groupd'"):
         scored(groupd="paper")
+
+
+def test_eoi_names_layers_a_mask_method_pruned_entirely():
+    net = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8))
+    with pytest.raises(ValueError, match=r"the mask method left 1 layer\(s\) with density 0 "
+                                         r"\('2.weight'\); EOI cannot build"):
+        # what SynFlow with few rounds can hand over (layer collapse)
+        get_scheme("eoi").fn(prunable_layers(net), None, {"0.weight": 0.5, "2.weight": 0.0},
+                             gain=1.0, generator=gen())

@@ -237,6 +237,12 @@ def _eoi(layers: list[PrunableLayer], masks: Mapping[str, Tensor] | None,
         raise ValueError(f"structure='kernels' keeps the kernels of the centre matrix, whose "
                          f"density is the layer's: center_density={center_density!r} must be "
                          f"None or 'same'")
+    empty = [layer.name for layer in layers if densities[layer.name] == 0]
+    if empty:  # a data-driven mask method pruned whole layers (layer collapse)
+        raise ValueError(f"the mask method left {len(empty)} layer(s) with density 0 "
+                         f"({', '.join(map(repr, empty[:5]))}{', ...' if len(empty) > 5 else ''})"
+                         f"; EOI cannot build an orthogonal weight with no nonzero entry: raise "
+                         f"the density or use a mask method that keeps every layer")
     layer_nm = _eoi_nm(layers, densities, nm)
     groups: dict[tuple, list[PrunableLayer]] = {}
     for layer in layers:
