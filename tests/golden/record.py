@@ -25,7 +25,7 @@ FILE = HERE / "presets.json"
 # Input shapes of the presets' datasets, so models are built as the preset builds them.
 SHAPES = {"digits": [1, 8, 8], "mnist": [1, 28, 28], "cifar10": [3, 32, 32]}
 # Deep or wide models get smaller inputs (global pooling) and batches to stay seconds long.
-SMALL = {"cnn-1000": ([3, 8, 8], 8), "vgg16": ([3, 32, 32], 16),
+SMALL = {"cnn-1000": ([3, 8, 8], 8), "vgg16": ([3, 32, 32], 16), "vgg": ([3, 32, 32], 16),
          "resnet110": ([3, 16, 16], 16), "resnet56": ([3, 16, 16], 16)}
 QUICK = ("digits", "mlp/")
 
@@ -38,7 +38,8 @@ def cases() -> dict[str, dict]:
             out[f"digits/{mask}/{init}"] = ("digits", {"mask": mask, "init": init})
     out["digits/uniform/sao"] = ("digits", {"mask": "uniform", "init": "sao",
                                            "sparsify_options": ["fallback=true"]})
-    for preset in ("mlp", "mlp-1000", "cnn-1000", "vgg16", "resnet32", "resnet56", "resnet110"):
+    for preset in ("mlp", "mlp-1000", "cnn-1000", "vgg", "vgg16", "resnet32", "resnet56",
+                   "resnet110"):
         for init in ("eoi", "orthogonal"):
             out[f"{preset}/erk/{init}"] = (preset, {"mask": "erk", "init": init})
     return out
