@@ -7,9 +7,12 @@ directory holding run directories, and writes into ``PATH/report/``:
   Jacobian singular values at initialization when recorded, the settings every run shares, and
   every run with its varying values, state, metric, config hash and directory;
 - ``results.csv`` (one row per table cell) and ``runs.csv`` (one row per run);
-- ``accuracy_vs_density.png`` (one line per init, dense runs as dashed lines),
-  ``loss_curves.png`` (training loss per epoch, mean ± std band per init) and
+- ``accuracy_vs_density.png`` (one line per init, dense runs as dashed lines; ticks at the
+  grid's densities), ``loss_curves.png`` (training loss per epoch, mean ± std band per init) and
   ``jacobian.png`` (singular values at init: mean, std and range; per epoch when recorded).
+  Each init keeps one colour, marker and linestyle in every plot and is shifted a few points
+  sideways, so inits with equal results (stuck at chance) stay visible; each page has one legend
+  under its panels, as wide as the page allows.
 
 Rows of the table are the varying "method" keys (mask, init, their options, ...), columns the
 varying "setting" keys (:data:`SETTING_KEYS`: density, activation, model, ...); runs that differ
