@@ -151,6 +151,21 @@ def test_fast_equals_the_oracle_for_the_same_generator(backend, shape, density):
     assert torch.equal(s, s_ref)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_weights_get_the_cpu_masks():
+    for shape, density in [((64, 128), 0.5), ((32, 64, 3, 3), 0.3)]:
+        w_cpu, w_gpu = torch.empty(shape), torch.empty(shape, device="cuda")
+        m_cpu = eoi_(w_cpu, density, nm=(2, 4), generator=gen(19))
+        m_gpu = eoi_(w_gpu, density, nm=(2, 4), generator=gen(19))
+        assert m_gpu.device.type == "cuda" and torch.equal(m_cpu, m_gpu.cpu())
+        torch.testing.assert_close(w_gpu.cpu(), w_cpu, atol=1e-6, rtol=0)
+    model = make_cnn().cuda()
+    masks = sparsify(model, 0.5, mask="nm", nm=(2, 4), init="orthogonal", generator=gen(20))
+    assert all(m.device.type == "cuda" and satisfies_nm(by_tap(m).cpu(), (2, 4))
+               for m in masks.values())
+
+
 def test_reference_sparse_orthogonal_takes_nm():
     w_ref, m_ref = reference_sparse_orthogonal(24, 48, 0.5, nm=(2, 4), generator=gen(10))
     w, m = sparse_orthogonal(24, 48, 0.5, nm=(2, 4), generator=gen(10), dtype=torch.float64,
