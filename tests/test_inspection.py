@@ -576,6 +576,15 @@ def test_singular_value_panels_show_every_init_and_name_an_all_zero_spectrum(tmp
         t.get_text() for t in fig.axes[1].texts]
     with pytest.raises(ValueError, match=r"layout='grid' must be one of 'panels', 'overlay'"):
         plot_singular_values(spectra, layout="grid")
+    # a log axis over one decade labels minor ticks too (3x10^-1, 4x10^-1): none may touch
+    fig = drawn(plot_singular_values({"eoi": torch.logspace(-1.22, -0.15, 320)}, log_x=True))
+    ax, renderer = fig.axes[-1], fig.canvas.get_renderer()
+    lo, hi = ax.get_xlim()
+    shown = sorted((t.get_position()[0], t.get_window_extent(renderer))
+                   for t in [*ax.get_xticklabels(), *ax.get_xticklabels(minor=True)]
+                   if t.get_visible() and t.get_text() and lo <= t.get_position()[0] <= hi)
+    assert len(shown) >= 3
+    assert min(b.x0 - a.x1 for (_, a), (_, b) in zip(shown, shown[1:], strict=False)) >= 2.0
 
 
 def drawn(fig):

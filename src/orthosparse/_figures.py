@@ -92,32 +92,34 @@ def density_ticks(ax: Axes, densities: Iterable[float]) -> None:
 
 
 def drop_overlapping_ticklabels(fig: Figure, gap: float = 2.0) -> None:
-    """Blank the x tick labels that would overlap the previous kept one (left to right), on
-    every visible axes of ``fig``; ticks stay."""
+    """Blank the x tick labels that would overlap a label kept before them, on every visible
+    axes of ``fig``: major labels first, then minor ones (a log axis labels some minor ticks),
+    each in the order of its ticks. The ticks shown are then fixed (limits kept); ticks stay."""
     fig.draw_without_rendering()
     renderer = fig.canvas.get_renderer()
     for ax in fig.axes:
         if not ax.get_visible():
             continue
-        ticks = list(ax.get_xticks())
-        labels = ax.get_xticklabels()
-        if len(labels) != len(ticks):
-            continue
-        shown = [t.get_text() for t in labels]
-        right = None
+        kept: list[Any] = []
+        frozen: dict[bool, tuple[list[float], list[str]]] = {}
         changed = False
-        for i in sorted(range(len(labels)), key=lambda i: labels[i].get_window_extent(
-                renderer).x0):
-            if not shown[i] or not labels[i].get_visible():
-                continue
-            box = labels[i].get_window_extent(renderer)
-            if right is not None and box.x0 < right + gap:
-                shown[i], changed = "", True
-                continue
-            right = box.x1
+        for minor in (False, True):
+            labels = [t for t in ax.get_xticklabels(minor=minor)]  # the ticks in view
+            locs = [float(t.get_position()[0]) for t in labels]
+            texts = [t.get_text() if t.get_visible() else "" for t in labels]
+            for i in sorted(range(len(labels)), key=lambda i: locs[i]):
+                if not texts[i]:
+                    continue
+                box = labels[i].get_window_extent(renderer)
+                if any(box.x0 < k.x1 + gap and k.x0 < box.x1 + gap for k in kept):
+                    texts[i], changed = "", True
+                else:
+                    kept.append(box)
+            frozen[minor] = (locs, texts)
         if changed:
             lo, hi = ax.get_xlim()
-            ax.set_xticks(ticks, shown)
+            for minor, (locs, texts) in frozen.items():
+                ax.set_xticks(locs, texts, minor=minor)
             ax.set_xlim(lo, hi)
 
 

@@ -136,6 +136,7 @@ def plot_singular_values(spectra: Mapping[str, torch.Tensor | np.ndarray | Seque
         ax.legend()
         if title:
             ax.set_title(title)
+        drop_overlapping_ticklabels(fig)
         return _save(fig, path)
     fig = new_figure((6.0, 0.9 + 1.5 * len(series)))
     axes = fig.subplots(len(series), 1, sharex=True, squeeze=False)[:, 0]
@@ -157,6 +158,7 @@ def plot_singular_values(spectra: Mapping[str, torch.Tensor | np.ndarray | Seque
     axes[-1].set_xlabel("singular value of the input-output Jacobian")
     if title:
         fig.suptitle(title)
+    drop_overlapping_ticklabels(fig)
     return _save(fig, path)
 
 
