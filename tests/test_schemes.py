@@ -523,10 +523,19 @@ def test_options_only_the_scoring_scheme_takes_reach_it():
         scored(groupd="paper")
 
 
-def test_eoi_names_layers_a_mask_method_pruned_entirely():
-    net = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8))
-    with pytest.raises(ValueError, match=r"the mask method left 1 layer\(s\) with density 0 "
-                                         r"\('2.weight'\); EOI cannot build"):
-        # what SynFlow with few rounds can hand over (layer collapse)
-        get_scheme("eoi").fn(prunable_layers(net), None, {"0.weight": 0.5, "2.weight": 0.0},
-                             gain=1.0, generator=gen())
+def test_eoi_gives_a_layer_pruned_entirely_its_floor_with_a_warning():
+    # What SynFlow or SNIP can hand over (layer collapse); the official code's
+    # orthogonal_with_density(n, m, 0) builds the sparsest orthogonal matrix (docs/protocol.md).
+    net = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(6, 8), nn.Tanh(),
+                        nn.Conv2d(4, 4, 3))
+    with pytest.warns(UserWarning, match=r"the mask method left 2 layer\(s\) with density 0 "
+                                         r"\('2.weight', '4.weight'\); EOI gives them its floor"):
+        masks = get_scheme("eoi").fn(prunable_layers(net), None,
+                                     {"0.weight": 0.5, "2.weight": 0.0, "4.weight": 0.0},
+                                     gain=1.0, generator=gen())
+    w = net[2].weight.detach()                                             # (8, 6): tall
+    assert int(masks["2.weight"].sum()) == 6                               # one per column
+    torch.testing.assert_close(w.T @ w, torch.eye(6), atol=1e-6, rtol=0)
+    centre = net[4].weight.detach()[:, :, 1, 1]
+    assert int(masks["4.weight"].sum()) == 4                               # the centre only
+    torch.testing.assert_close(centre @ centre.T, torch.eye(4), atol=1e-6, rtol=0)

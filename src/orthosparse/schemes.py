@@ -237,12 +237,17 @@ def _eoi(layers: list[PrunableLayer], masks: Mapping[str, Tensor] | None,
         raise ValueError(f"structure='kernels' keeps the kernels of the centre matrix, whose "
                          f"density is the layer's: center_density={center_density!r} must be "
                          f"None or 'same'")
-    empty = [layer.name for layer in layers if densities[layer.name] == 0]
+    empty = [layer for layer in layers if densities[layer.name] == 0]
     if empty:  # a data-driven mask method pruned whole layers (layer collapse)
-        raise ValueError(f"the mask method left {len(empty)} layer(s) with density 0 "
-                         f"({', '.join(map(repr, empty[:5]))}{', ...' if len(empty) > 5 else ''})"
-                         f"; EOI cannot build an orthogonal weight with no nonzero entry: raise "
-                         f"the density or use a mask method that keeps every layer")
+        # As the official code does (orthogonal_with_density at density 0), such a layer gets
+        # EOI's floor: the sparsest exactly orthogonal weight, one nonzero per row or column of
+        # its smaller side (a density below 1/numel keeps no weight beyond the floor).
+        names = [layer.name for layer in empty]
+        warnings.warn(f"the mask method left {len(empty)} layer(s) with density 0 "
+                      f"({', '.join(map(repr, names[:5]))}{', ...' if len(empty) > 5 else ''}); "
+                      f"EOI gives them its floor, the sparsest exactly orthogonal weight, as "
+                      f"the official code does", stacklevel=3)
+        densities = {**densities, **{layer.name: 0.5 / layer.weight.numel() for layer in empty}}
     layer_nm = _eoi_nm(layers, densities, nm)
     groups: dict[tuple, list[PrunableLayer]] = {}
     for layer in layers:
