@@ -179,3 +179,17 @@ def test_a_directory_at_the_destination_is_a_clear_error(tmp_path):
     with pytest.raises(AtomicWriteError, match=r"checkpoint.pt'.*Is a directory"):
         save_checkpoint(tmp_path / "checkpoint.pt", {"epoch": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="file modes need POSIX")
+def test_atomic_files_get_the_mode_open_would_give(tmp_path):
+    from orthosparse._atomic import write_atomic
+    old = os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "a.txt", lambda f: f.write(b"x"))
+        assert path.stat().st_mode & 0o777 == 0o644       # not mkstemp's 0600
+        os.umask(0o077)
+        path = write_atomic(tmp_path / "b.txt", lambda f: f.write(b"x"))
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

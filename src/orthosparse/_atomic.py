@@ -87,6 +87,9 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     except OSError as err:
         raise _failed(path, err) from err
     try:
+        # mkstemp creates 0600; give the file the mode open() would (0666 minus the umask).
+        if hasattr(os, "fchmod"):  # (not on Windows, where modes do not apply)
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -103,6 +106,13 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
         raise _failed(path, cause) from err
     fsync_dir(path.parent)
     return path
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _failed(path: Path, err: OSError) -> AtomicWriteError:
