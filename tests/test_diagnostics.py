@@ -560,3 +560,22 @@ def test_jacobian_summary_1000_layer_mlp_under_60_seconds():
     summary = jacobian_summary(net, x)
     assert time.perf_counter() - start <= 60.0
     assert 0 < summary["min"] <= summary["mean"] <= summary["max"] < math.inf
+
+
+def test_orthogonality_error_of_a_grouped_conv_is_per_block():
+    # A depthwise conv with +-1 centre taps is an isometry: err 0 with its groups, not as one
+    # (c_out, 1) matrix; a grouped conv's error is the RMS of its blocks' errors.
+    w = torch.zeros(4, 1, 3, 3)
+    w[:, 0, 1, 1] = torch.tensor([1.0, -1.0, 1.0, 1.0])
+    assert orthogonality_error(w, groups=4) == 0.0
+    assert orthogonality_error(w) > 1.0
+    g = torch.zeros(4, 2, 3, 3)                                  # 2 groups of (2, 2) centres
+    g[:2, :, 1, 1] = torch.eye(2)
+    g[2:, :, 1, 1] = 2 * torch.eye(2)                            # block error sqrt(2*9)/sqrt(2)=3
+    assert orthogonality_error(g, groups=2) == pytest.approx(math.sqrt((0 + 9) / 2))
+    net = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(w)
+    assert orthogonality_errors(net) == {"0.weight": 0.0}
+    with pytest.raises(ValueError, match=r"groups=3 must be a positive integer dividing c_out=4"):
+        orthogonality_error(w, groups=3)

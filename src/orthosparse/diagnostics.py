@@ -356,7 +356,7 @@ def _flat_kernel(weight: torch.Tensor) -> torch.Tensor:
 
 
 def orthogonality_error(weight: torch.Tensor, mask: torch.Tensor | None = None, *,
-                        gain: float = 1.0, conv: ConvMode = "center") -> float:
+                        gain: float = 1.0, conv: ConvMode = "center", groups: int = 1) -> float:
     """Return how far the masked weight is from a scaled orthogonal matrix.
 
     ``err = ||G - gain^2 I_r||_F / sqrt(r)`` for ``W = mask * weight`` of shape ``(m, n)``,
@@ -365,17 +365,22 @@ def orthogonality_error(weight: torch.Tensor, mask: torch.Tensor | None = None, 
     columns) of norm ``gain``; dividing by ``sqrt(r)`` makes it the RMS deviation per diagonal
     entry, comparable across widths. Computed in float64. Conv weights ``(c_out, c_in, *k)``
     are first reduced to a matrix by ``conv``: ``"center"`` (the centre tap; delta-orthogonal
-    kernels are orthogonal there) or ``"flat"`` (``(c_out, c_in * prod(k))``).
+    kernels are orthogonal there) or ``"flat"`` (``(c_out, c_in * prod(k))``). A grouped conv
+    (``groups=G``: the weight holds G blocks of ``c_out/G`` rows) is the operator it computes,
+    block-diagonal: ``err`` is the root mean square of the G blocks' errors (each block's Gram on
+    its smaller side), so a depthwise conv with every centre tap ``+-gain`` has ``err = 0``.
 
     Args:
         weight: ``(out, in)`` or ``(c_out, c_in, *kernel)``.
         mask: same shape as ``weight`` (bool or 0/1), or None for the weight as it is.
         gain: the scale the weight should have (``W W^T = gain^2 I``).
         conv: ``"center"`` or ``"flat"``.
+        groups: the conv's groups (a positive divisor of ``c_out``; 1 for Linear weights).
 
     Raises:
         TypeError: weight/mask not tensors.
-        ValueError: bad shapes, gain <= 0, unknown conv mode, even kernel with ``"center"``.
+        ValueError: bad shapes, gain <= 0, unknown conv mode, even kernel with ``"center"``,
+            ``groups`` not a positive divisor of ``c_out``.
 
     Example:
         >>> w = torch.nn.init.orthogonal_(torch.empty(64, 128), gain=2.0)
@@ -396,13 +401,19 @@ def orthogonality_error(weight: torch.Tensor, mask: torch.Tensor | None = None, 
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match weight shape "
                              f"{tuple(weight.shape)}")
         w = w * mask.detach().to(device=w.device, dtype=w.dtype)
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 \
+            or w.shape[0] % groups:
+        raise ValueError(f"groups={groups!r} must be a positive integer dividing c_out="
+                         f"{w.shape[0]} of weight shape {tuple(weight.shape)}")
     if w.dim() > 2:
         w = to_matrix(w)
-    m, n = w.shape
-    gram = w @ w.T if m <= n else w.T @ w  # (r, r)
-    r = gram.shape[0]
+    blocks = w.reshape(groups, w.shape[0] // groups, w.shape[1])  # (G, m, n)
+    m, n = blocks.shape[1:]
+    gram = blocks @ blocks.mT if m <= n else blocks.mT @ blocks  # (G, r, r)
+    r = gram.shape[-1]
     eye = torch.eye(r, dtype=gram.dtype, device=gram.device)
-    return (torch.linalg.matrix_norm(gram - gain**2 * eye) / math.sqrt(r)).item()
+    per_block = torch.linalg.matrix_norm(gram - gain**2 * eye) / math.sqrt(r)  # (G,)
+    return per_block.square().mean().sqrt().item()
 
 
 def _layer_masks(model: nn.Module, masks: Mapping[str, torch.Tensor] | None,
@@ -435,14 +446,21 @@ def orthogonality_errors(model: nn.Module, masks: Mapping[str, torch.Tensor] | N
         masks: ``{"layers.0.weight": mask}`` for some or all layers (unknown keys raise); a
             layer without one uses its fixed mask (or ``torch.nn.utils.prune``'s mask) if it
             has one, else its weight.
-        gain, conv: as ``orthogonality_error``.
+        gain, conv: as ``orthogonality_error``; each conv's own ``groups`` is used.
         exclude: module types or name patterns to skip (as ``prunable_layers``).
 
     Example:
         >>> orthogonality_errors(net, gain=1.0247)  # {"0.weight": 1e-07, ...}
     """
-    return {layer.name: orthogonality_error(layer.weight, mask, gain=gain, conv=conv)
+    return {layer.name: orthogonality_error(layer.weight, mask, gain=gain, conv=conv,
+                                            groups=_groups_of(layer))
             for layer, mask in _layer_masks(_check_model(model), masks, exclude)}
+
+
+def _groups_of(layer: PrunableLayer) -> int:
+    """The groups of a conv layer's operator (1 for anything else)."""
+    groups = getattr(layer.module, "groups", 1) if layer.weight.dim() > 2 else 1
+    return groups if isinstance(groups, int) and groups >= 1 else 1
 
 
 # --------------------------------------------------------------------------- signal propagation
@@ -736,7 +754,7 @@ def inspect_model(model: nn.Module, inputs: torch.Tensor, *, gain: float = 1.0,
         rec = first.get(layer.module_name or type(layer.module).__name__)
         layers.append(LayerReport(
             layer.name, tuple(weight.shape), density,
-            orthogonality_error(weight, mask, gain=gain, conv=conv),
+            orthogonality_error(weight, mask, gain=gain, conv=conv, groups=_groups_of(layer)),
             rec.activation_norm if rec else math.nan, rec.gradient_norm if rec else math.nan))
     jac = jacobian_summary(model, x, method=method)
     return InspectReport(layers, jac, x.shape[0], gain, conv, records)
