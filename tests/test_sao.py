@@ -1,6 +1,7 @@
 """SAO: exact orthogonality, degree regularity, exact density, structure, errors."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -285,3 +286,19 @@ def test_literal_aliases_list_the_accepted_names():
 
     assert typing.get_args(SaoBlocks) == SAO_BLOCKS
     assert typing.get_args(SaoNonSquare) == SAO_NON_SQUARE
+
+
+def test_layer_fallbacks_give_one_warning_per_message_naming_the_layers():
+    # A 1000-layer network used to print one warning per layer (docs/results.md part 2).
+    tensors = [torch.empty(100, 100) for _ in range(12)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        masks = sao_layers_(tensors, [0.05] * 12, fallback=True, activation="relu",
+                            generator=torch.Generator().manual_seed(0))
+    messages = [str(w.message) for w in caught]
+    # layer 0 reads the input (tanh rule), the other 11 share the ReLU message
+    relu = [m for m in messages if "activation='relu'" in m]
+    assert relu == ["layer 1, layer 2, layer 3, layer 4, layer 5 and 6 more: SAO cannot build "
+                    "density=0.05 for weight shape (100, 100) (activation='relu'); initialized "
+                    "dense orthogonal (density 1.0) because fallback=True"]
+    assert all(bool(m.all()) for m in masks[1:])

@@ -462,6 +462,7 @@ def sao_layers_(
     gain = _check_gain(gain)
     generator = check_generator(generator)
     masks = []
+    said: dict[tuple[str, type], list[str]] = {}  # one warning per message, naming its layers
     for i, (t, d) in enumerate(zip(tensors, densities, strict=True)):
         layer_act = "tanh" if i == 0 else activation
         try:
@@ -477,5 +478,8 @@ def sao_layers_(
         except ValueError as err:
             raise ValueError(f"{labels[i]}: {err}") from None
         for w in caught:
-            warnings.warn(f"{labels[i]}: {w.message}", w.category, stacklevel=2)
+            said.setdefault((str(w.message), w.category), []).append(labels[i])
+    for (message, category), where in said.items():
+        shown = ", ".join(where[:5]) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
+        warnings.warn(f"{shown}: {message}", category, stacklevel=2)
     return masks
