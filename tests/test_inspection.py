@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from figure_checks import drawn, inside  # tests/figure_checks.py
 from orthosparse.lab.config import config_fields, resolve_config
 from orthosparse.lab.inspection import OUTPUT_FILES, inspect
 from orthosparse.plotting import plot_jacobian_vs_density
@@ -585,21 +586,6 @@ def test_singular_value_panels_show_every_init_and_name_an_all_zero_spectrum(tmp
                    if t.get_visible() and t.get_text() and lo <= t.get_position()[0] <= hi)
     assert len(shown) >= 3
     assert min(b.x0 - a.x1 for (_, a), (_, b) in zip(shown, shown[1:], strict=False)) >= 2.0
-
-
-def drawn(fig):
-    """Lay ``fig`` out on an Agg canvas (text extents measurable) and return it."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    if not isinstance(fig.canvas, FigureCanvasAgg):
-        FigureCanvasAgg(fig)
-    fig.draw_without_rendering()
-    return fig
-
-
-def inside(box, outer) -> bool:
-    return (box.x0 >= outer.x0 - 0.5 and box.x1 <= outer.x1 + 0.5 and box.y0 >= outer.y0 - 0.5
-            and box.y1 <= outer.y1 + 0.5)
 
 
 def test_jacobian_vs_density_marks_dense_fallback_cells_and_keeps_equal_inits_apart(tmp_path):

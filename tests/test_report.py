@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from figure_checks import drawn, inside  # tests/figure_checks.py
 from orthosparse.lab.cli import main
 from orthosparse.lab.config import TrainConfig, config_from_dict, config_hash, config_to_dict
 from orthosparse.lab.report import (
@@ -231,21 +232,6 @@ def stuck_grid(tmp_path) -> Path:
         for seed, acc in enumerate(accs):
             make_run(tmp_path, init, density, seed, acc=acc, mask=mask)
     return tmp_path
-
-
-def drawn(fig):
-    """Lay ``fig`` out on an Agg canvas (text extents measurable) and return it."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    if not isinstance(fig.canvas, FigureCanvasAgg):
-        FigureCanvasAgg(fig)
-    fig.draw_without_rendering()
-    return fig
-
-
-def inside(box, outer) -> bool:
-    return (box.x0 >= outer.x0 - 0.5 and box.x1 <= outer.x1 + 0.5 and box.y0 >= outer.y0 - 0.5
-            and box.y1 <= outer.y1 + 0.5)
 
 
 def overlap(a, b) -> bool:
