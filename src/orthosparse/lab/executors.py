@@ -46,6 +46,8 @@ from .runs import (
     FAILED,
     HAS_RESULT,
     LOCK_FD_ENV,
+    WORKER_LOG,
+    config_readable,
     ensure_run_dir,
     open_append,
     read_json,
@@ -69,14 +71,14 @@ __all__ = [
     "executor_options",
     "run_one",
     "clean_process_state",
+    "DIST_ENV",
     "ray_task",
 ]
 
 ExecutorName = Literal["local", "ray", "submitit"]
 
-WORKER_LOG = "worker.log"
 # torchrun's variables: a run trained inside a worker must not join a distributed job.
-_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
              "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
 _LOCK_POLL_S = 0.5
 _STOP_GRACE_S = 30.0
@@ -306,7 +308,7 @@ def clean_process_state(threads: int | None = None) -> Iterator[None]:
         cudnn.benchmark, cudnn.deterministic = False, False
         torch.set_float32_matmul_precision("highest")
         matmul.allow_tf32, cudnn.allow_tf32 = False, True
-        for var in _DIST_ENV:
+        for var in DIST_ENV:
             os.environ.pop(var, None)
         yield
     finally:
@@ -343,13 +345,6 @@ def _wait_for_lock(run_dir: Path) -> int | None | Literal[False]:
         time.sleep(_LOCK_POLL_S)
 
 
-def _config_readable(run_dir: Path) -> bool:
-    try:
-        return isinstance(read_json(run_dir / "config.json"), dict)
-    except (OSError, ValueError):
-        return False
-
-
 def run_one(run_dir: str | Path, config: Mapping[str, Any], *,
             threads: int | None = None) -> RunOutcome:
     """Train, resume or skip one sweep run in this process; record a failure in its folder.
@@ -380,7 +375,7 @@ def run_one(run_dir: str | Path, config: Mapping[str, Any], *,
             os.close(fd)
         return RunOutcome(str(run_dir), run_state(run_dir), time.time() - t0,
                           by_other=fd is False, where=_where())
-    if not _config_readable(run_dir):  # missing, or corrupt: the sweep knows the config
+    if not config_readable(run_dir):  # missing, or corrupt: the sweep knows the config
         write_json(run_dir / "config.json", dict(config))
     (run_dir / FAILED).unlink(missing_ok=True)
     outcome = RunOutcome(str(run_dir), "pending", where=_where())

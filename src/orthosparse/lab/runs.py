@@ -60,6 +60,8 @@ from .checkpoint import CheckpointError
 from .config import TrainConfig, config_from_dict, config_hash
 
 __all__ = [
+    "WORKER_LOG",
+    "config_readable",
     "Status",
     "RunState",
     "RunStart",
@@ -110,6 +112,7 @@ HAS_RESULT: frozenset[str] = frozenset({"finished", "diverged"})
 CHECKPOINT = "checkpoint.pt"
 FAILED = "failed.json"
 RUNTIME = "runtime.json"
+WORKER_LOG = "worker.log"  # a sweep worker's output, appended run after run
 LOCK = ".lock"
 # Set by a sweep for its worker: the number of an inherited descriptor holding the run's lock.
 LOCK_FD_ENV = "ORTHOSPARSE_RUN_LOCK_FD"
@@ -289,6 +292,14 @@ def write_json(path: Path, data: Any) -> None:
     """
     text = json.dumps(json_safe(data), indent=2) + "\n"
     write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def config_readable(run_dir: Path) -> bool:
+    """``run_dir/config.json`` exists and holds a JSON object (a sweep rewrites it otherwise)."""
+    try:
+        return isinstance(read_json(run_dir / "config.json"), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def read_json(path: str | Path, what: str = "run file") -> Any:

@@ -90,11 +90,12 @@ from .runs import (
     FAILED,
     HAS_RESULT,
     LOCK_FD_ENV,
+    WORKER_LOG,
     RunState,
+    config_readable,
     ensure_run_dir,
     json_safe,
     open_append,
-    read_json,
     run_state,
     try_lock,
     write_json,
@@ -111,15 +112,11 @@ __all__ = [
     "parse_overrides",
 ]
 
-WORKER_LOG = _executors.WORKER_LOG
-
 _SWEEP_KEYS = ("name", "preset", "config", "description", "out")
 _LIST_FIELDS = frozenset(f.name for f in config_fields()
                          if typing.get_origin(split_optional(field_type(f.name))[0]) is list)
 _ABBREV = {"seed": "s", "density": "d", "depth": "L", "width": "w", "epochs": "e", "lr": "lr",
            "gain": "g", "batch_size": "b", "weight_decay": "wd", "bias_std": "bs"}
-# torchrun's variables: a sweep started inside a distributed job must not make its runs join it.
-_DIST_ENV = _executors._DIST_ENV
 
 
 # --------------------------------------------------------------------------- the spec
@@ -591,13 +588,6 @@ def _visible_gpus(devices: Sequence[str] | None) -> list[str]:
         return []
 
 
-def _config_readable(run_dir: Path) -> bool:
-    try:
-        return isinstance(read_json(run_dir / "config.json"), dict)
-    except (OSError, ValueError):
-        return False
-
-
 def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child, pre-exec
     """Linux: SIGKILL the worker when the sweep process dies (its checkpoint stays)."""
     try:
@@ -707,10 +697,10 @@ class _Runner:
             self.say(f"[{self.done}/{self.total}] {run_dir.name}: {run_state(run_dir)} (by "
                      f"another process)")
             return True
-        if not _config_readable(run_dir):  # missing, or corrupt: the sweep knows the config
+        if not config_readable(run_dir):  # missing, or corrupt: the sweep knows the config
             write_json(run_dir / "config.json", config_to_dict(run.config))
         (run_dir / FAILED).unlink(missing_ok=True)
-        env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+        env = {k: v for k, v in os.environ.items() if k not in _executors.DIST_ENV}
         env["ORTHOSPARSE_DEBUG"] = "1"  # a failure leaves its full traceback in the log
         if lock is not None:
             env[LOCK_FD_ENV] = str(lock)  # the worker holds this lock; it does not take another
